@@ -1,0 +1,391 @@
+"""Training loaders and inference-side case loading (MONAI transforms).
+
+Training::
+
+    loader = make_loader(dataset_dir, split="train", fold=0, patch_size=(64, 96),
+                         batch_size=2, seed=12345)
+    batch = next(iter(loader))
+    batch["image"]   # (B, C, *patch) float32, normalised
+    batch["label"]   # class datasets: (B, 1, *patch) int64 label map
+                     # region datasets (BraTS): (B, R, *patch) float32, one 0/1 channel per
+                     # region in dataset.json order (whole tumour, tumour core, enhancing)
+    batch["case_id"] # list of B case ids
+
+Inference::
+
+    case = load_case(dataset_dir, "BraTS_00007")
+    case.image    # (C, *spatial) float32, normalised exactly as in training
+    case.label    # (*spatial) int64 label map as stored, or None
+    case.regions  # (R, *spatial) bool for region datasets, else None
+    case.spacing, case.affine, case.instances (cell: int32 instance mask or None)
+
+Preprocessing (per dataset, from :data:`~logvmamba.data.registry.DATASETS`):
+
+* normalisation: z-score per channel over the whole image (``zscore``:
+  endoscopy, cell, acdc) or over non-zero voxels with background kept at 0
+  (``zscore_nonzero``: BraTS, as the LoG-VMamba release);
+* no resampling: ACDC is trained on an anisotropic patch (160 x 160 x 16 at
+  native spacing), BraTS at its native 1 mm;
+* patches: BraTS crops to the non-zero box, then takes uniform random
+  ``128^3`` crops (release recipe); the others take nnU-Net-style
+  foreground-aware crops (``RandCropByPosNegLabeld``, one patch in three
+  centred on a labelled voxel); images smaller than the patch are zero-padded
+  after normalisation;
+* augmentation (training only): 2D rotation (p 0.2, +-180 deg) and scaling
+  (p 0.2, x0.7-1.4); flips on every spatial axis (p 0.5); intensity scale and
+  shift by up to 0.1 (p 0.5 each).
+
+Determinism: the transform chain's random state and the sampling order come
+from ``seed`` (``Compose.set_random_state`` and a seeded ``torch.Generator``
+given to MONAI's ``DataLoader``, which also seeds each worker), so the same
+seed and ``num_workers`` give the same batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Sequence
+
+import monai.transforms as mt
+import numpy as np
+import torch
+from monai.data import CacheDataset, DataLoader, Dataset
+
+from logvmamba.data.errors import DatasetError
+from logvmamba.data.raw import CaseFiles, RawDataset, resolve_dataset_dir
+from logvmamba.data.splits import split_cases
+
+__all__ = [
+    "LoadCased",
+    "LabelToRegionsd",
+    "RawCaseDataset",
+    "CachedRawCaseDataset",
+    "LoadedCase",
+    "open_dataset",
+    "default_patch_size",
+    "make_transforms",
+    "make_dataset",
+    "make_loader",
+    "load_case",
+    "regions_to_label",
+]
+
+
+def open_dataset(dataset: RawDataset | str | os.PathLike, root: str | os.PathLike | None = None) -> RawDataset:
+    """A :class:`RawDataset` from a dataset, a folder, or a name looked up under ``root``."""
+    if isinstance(dataset, RawDataset):
+        return dataset
+    return RawDataset(resolve_dataset_dir(dataset, root))
+
+
+def default_patch_size(ds: RawDataset) -> tuple[int, ...]:
+    """The registry's patch size (the synthetic one for synthetic datasets)."""
+    if ds.info is None:
+        raise ValueError(f"{ds.path}: not one of the suite's datasets; pass patch_size explicitly")
+    return ds.info.synthetic_patch_size if ds.is_synthetic else ds.info.patch_size
+
+
+# ----------------------------------------------------------------------------
+# transforms
+# ----------------------------------------------------------------------------
+
+class LoadCased:
+    """Read a case through :class:`RawDataset` (all validation applies).
+
+    Input: a dict with ``"files"`` (:class:`CaseFiles`). Output: ``"image"``
+    ``(C, *spatial)`` float32 tensor, ``"label"`` ``(1, *spatial)`` float32
+    tensor (when the case has one), ``"case_id"``; ``"files"`` is dropped.
+    """
+
+    def __init__(self, dataset: RawDataset):
+        self.dataset = dataset
+
+    def __call__(self, data: dict) -> dict:
+        data = dict(data)
+        files: CaseFiles = data.pop("files")
+        case = self.dataset.read_case(files)
+        data["case_id"] = case.case_id
+        data["image"] = torch.from_numpy(np.ascontiguousarray(case.image))
+        if case.label is not None:
+            data["label"] = torch.from_numpy(case.label[None].astype(np.float32))
+        return data
+
+
+class LabelToRegionsd:
+    """Label map ``(1, *spatial)`` -> region targets ``(R, *spatial)`` float 0/1.
+
+    ``regions`` lists, per output channel, the label values it covers (from
+    dataset.json, e.g. BraTS ``[(1, 2, 3), (2, 3), (3,)]``).
+    """
+
+    def __init__(self, keys: str | Sequence[str], regions: Sequence[Sequence[int]]):
+        self.keys = [keys] if isinstance(keys, str) else list(keys)
+        self.regions = [tuple(int(v) for v in r) for r in regions]
+
+    def __call__(self, data: dict) -> dict:
+        data = dict(data)
+        for key in self.keys:
+            if key not in data:
+                continue
+            label = torch.as_tensor(data[key])
+            label = label[0] if label.ndim > 0 and label.shape[0] == 1 else label
+            label = label.round().long()
+            data[key] = torch.stack([torch.isin(label, torch.tensor(r)) for r in self.regions]).float()
+        return data
+
+
+def _unwrapped(err: RuntimeError) -> BaseException:
+    """The :class:`DatasetError` MONAI wrapped in ``RuntimeError("applying transform ...")``, else ``err``."""
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, DatasetError):
+        cause = cause.__cause__
+    return err if cause is None else cause
+
+
+class RawCaseDataset(Dataset):
+    """MONAI ``Dataset`` that lets a :class:`DatasetError` through unwrapped."""
+
+    def _transform(self, index):
+        try:
+            return super()._transform(index)
+        except RuntimeError as err:
+            raise _unwrapped(err) from None
+
+
+class CachedRawCaseDataset(CacheDataset):
+    """MONAI ``CacheDataset`` that lets a :class:`DatasetError` through unwrapped."""
+
+    def __init__(self, *args, **kwargs):
+        try:
+            super().__init__(*args, **kwargs)
+        except RuntimeError as err:
+            raise _unwrapped(err) from None
+
+    def _transform(self, index):
+        try:
+            return super()._transform(index)
+        except RuntimeError as err:
+            raise _unwrapped(err) from None
+
+
+def _check_trainable(ds: RawDataset) -> None:
+    path = ds.path / "dataset.json"
+    if not ds.has_regions and ds.label_values != tuple(range(len(ds.label_values))):
+        raise DatasetError(path, f"training needs consecutive labels 0..N-1, got {list(ds.label_values)}")
+    info = ds.info
+    if info is not None and info.output_kind == "sigmoid" and not ds.has_regions:
+        raise DatasetError(path, f"{info.key} is trained on regions but dataset.json declares none (an nnU-Net "
+                                 f"v1 conversion?); convert the release with `python -m logvmamba.data.convert "
+                                 f"{info.key}`")
+    if info is not None and ds.num_classes != info.num_outputs:
+        raise DatasetError(path, f"{ds.num_classes} output classes/regions, {info.key} has {info.num_outputs}")
+
+
+def make_transforms(ds: RawDataset, train: bool, patch_size: Sequence[int] | None = None,
+                    augment: bool = True, sampling: str | None = None, normalization: str | None = None):
+    """The MONAI ``Compose`` used by :func:`make_loader`.
+
+    Args:
+        ds: the dataset (for channels, labels, regions and registry defaults).
+        train: random patches (and augmentation when ``augment``); otherwise
+            whole images, deterministic, normalised as :func:`load_case` does.
+        patch_size: training patch; required when ``train``.
+        augment: apply the recipe's augmentations (training only).
+        sampling: ``"foreground"`` or ``"random"``; default from the registry
+            (``"foreground"`` for datasets outside it).
+        normalization: ``"zscore"`` or ``"zscore_nonzero"``; default from the registry.
+    """
+    info = ds.info
+    normalization = normalization or (info.normalization if info else "zscore")
+    sampling = sampling or (info.sampling if info else "foreground")
+    if normalization not in ("zscore", "zscore_nonzero"):
+        raise ValueError(f"normalization must be 'zscore' or 'zscore_nonzero', got {normalization!r}")
+    if sampling not in ("foreground", "random"):
+        raise ValueError(f"sampling must be 'foreground' or 'random', got {sampling!r}")
+    nonzero = normalization == "zscore_nonzero"
+    both = ["image", "label"]
+    steps: list = [LoadCased(ds)]
+    if train:
+        if patch_size is None:
+            raise ValueError("patch_size is required for training transforms")
+        patch = tuple(int(p) for p in patch_size)
+        if len(patch) != ds.spatial_dims:
+            raise ValueError(f"patch_size {patch} has {len(patch)} dims, {ds.name} is {ds.spatial_dims}D")
+        if nonzero:  # the release crops to the brain box before sampling
+            steps.append(mt.CropForegroundd(keys=both, source_key="image", allow_smaller=True))
+        steps.append(mt.NormalizeIntensityd(keys="image", nonzero=nonzero, channel_wise=True))
+        steps.append(mt.SpatialPadd(keys=both, spatial_size=patch, mode="constant"))
+        if sampling == "random":
+            steps.append(mt.RandSpatialCropd(keys=both, roi_size=patch, random_size=False))
+        else:
+            steps.append(mt.RandCropByPosNegLabeld(keys=both, label_key="label", spatial_size=patch,
+                                                   pos=1.0, neg=2.0, num_samples=1))
+        if augment:
+            if ds.spatial_dims == 2:
+                steps.append(mt.RandRotated(keys=both, range_x=np.pi, prob=0.2, keep_size=True,
+                                            mode=("bilinear", "nearest"), padding_mode="zeros"))
+                steps.append(mt.RandZoomd(keys=both, prob=0.2, min_zoom=0.7, max_zoom=1.4, keep_size=True,
+                                          mode=("bilinear", "nearest"), padding_mode="constant"))
+            for axis in range(ds.spatial_dims):
+                steps.append(mt.RandFlipd(keys=both, prob=0.5, spatial_axis=axis))
+            steps.append(mt.RandScaleIntensityd(keys="image", factors=0.1, prob=0.5))
+            steps.append(mt.RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5))
+    else:
+        steps.append(mt.NormalizeIntensityd(keys="image", nonzero=nonzero, channel_wise=True))
+    if ds.has_regions:
+        steps.append(LabelToRegionsd("label", [r for _, r in ds.regions]))
+        steps.append(mt.EnsureTyped(keys=both, dtype=torch.float32, track_meta=False, allow_missing_keys=True))
+    else:
+        steps.append(mt.EnsureTyped(keys="image", dtype=torch.float32, track_meta=False))
+        steps.append(mt.EnsureTyped(keys="label", dtype=torch.long, track_meta=False, allow_missing_keys=True))
+    return mt.Compose(steps)
+
+
+# ----------------------------------------------------------------------------
+# training loader
+# ----------------------------------------------------------------------------
+
+def make_dataset(dataset: RawDataset | str | os.PathLike, split: str = "train", fold: int | str = 0,
+                 patch_size: Sequence[int] | None = None, seed: int = 0, augment: bool | None = None,
+                 sampling: str | None = None, normalization: str | None = None, cache: bool = False,
+                 splits: list[dict] | None = None, root: str | os.PathLike | None = None):
+    """The MONAI dataset behind :func:`make_loader` (same arguments)."""
+    ds = open_dataset(dataset, root)
+    cases = split_cases(ds, split, fold, splits)
+    if not cases:
+        raise ValueError(f"{ds.path}: split {split!r} of fold {fold!r} is empty")
+    items = [{"files": c} for c in cases]
+    train = split == "train"
+    if train:
+        _check_trainable(ds)
+        patch_size = patch_size or default_patch_size(ds)
+    transform = make_transforms(ds, train=patch_size is not None, patch_size=patch_size,
+                                augment=train if augment is None else augment,
+                                sampling=sampling, normalization=normalization)
+    transform.set_random_state(seed=seed)
+    if cache:
+        return CachedRawCaseDataset(items, transform, cache_rate=1.0, num_workers=0, progress=False)
+    return RawCaseDataset(items, transform)
+
+
+def make_loader(dataset: RawDataset | str | os.PathLike, split: str = "train", fold: int | str = 0,
+                patch_size: Sequence[int] | None = None, batch_size: int = 2, seed: int = 0,
+                num_workers: int = 0, augment: bool | None = None, samples_per_epoch: int | None = None,
+                sampling: str | None = None, normalization: str | None = None, cache: bool = False,
+                splits: list[dict] | None = None, root: str | os.PathLike | None = None):
+    """A deterministic ``torch`` DataLoader over one split of one fold.
+
+    Args:
+        dataset: a :class:`RawDataset`, a dataset folder, or a name/key looked
+            up under ``root`` (see :func:`~logvmamba.data.raw.resolve_dataset_dir`).
+        split: ``"train"`` (random patches, augmented, shuffled), ``"val"`` or
+            ``"test"`` (in order, no augmentation: whole images with batch size
+            1, or, when ``patch_size`` is given, seeded random patches).
+        fold: 0-4, or ``"all"`` (train on every training case).
+        patch_size: patch (2D ``(H, W)``, 3D ``(X, Y, Z)``); for ``train`` it
+            defaults to the registry's (synthetic datasets: the small synthetic
+            patch); for ``val``/``test`` None means whole images.
+        batch_size: patches per batch (training).
+        seed: seeds transforms and sampling; same seed -> same batches.
+        num_workers: DataLoader workers (0: load in the main process).
+        augment: override augmentation (default: on for ``train`` only).
+        samples_per_epoch: draw this many patches per epoch with replacement
+            (nnU-Net style, iterations x batch size); default one pass over
+            the cases.
+        sampling, normalization: override the registry (see :func:`make_transforms`).
+        cache: cache the deterministic head of the pipeline (read + normalise) in memory.
+        splits: splits to use instead of ``splits_final.json``.
+        root: dataset root for name look-ups.
+
+    Returns:
+        A MONAI ``DataLoader`` yielding dicts ``image``, ``label``, ``case_id``
+        (see the module docstring for shapes and dtypes).
+    """
+    data = make_dataset(dataset, split, fold, patch_size, seed, augment, sampling, normalization, cache,
+                        splits, root)
+    generator = torch.Generator().manual_seed(int(seed))
+    if split != "train":
+        return DataLoader(data, batch_size=1 if patch_size is None else batch_size, shuffle=False,
+                          num_workers=num_workers, generator=generator)  # whole images differ in size
+    sampler = None
+    if samples_per_epoch is not None:
+        sampler = torch.utils.data.RandomSampler(data, replacement=True, num_samples=int(samples_per_epoch),
+                                                 generator=generator)
+    return DataLoader(data, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+                      num_workers=num_workers, generator=generator, drop_last=False,
+                      persistent_workers=False)
+
+
+# ----------------------------------------------------------------------------
+# inference
+# ----------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class LoadedCase:
+    """One case prepared for inference / evaluation.
+
+    Attributes:
+        case_id: case identifier.
+        image: ``(C, *spatial)`` float32 tensor, normalised as in training.
+        label: ``spatial`` int64 label map as stored, or None.
+        regions: ``(R, *spatial)`` bool region masks (region datasets), else None.
+        spacing: voxel size per spatial axis (png: 1.0).
+        affine: NIfTI affine (4x4) or None.
+        instances: cell instance mask (``int32``, 0 background) when the
+            dataset has one for this case, else None.
+        files: the case's files.
+    """
+
+    case_id: str
+    image: torch.Tensor
+    label: torch.Tensor | None
+    regions: torch.Tensor | None
+    spacing: tuple[float, ...]
+    affine: np.ndarray | None
+    instances: np.ndarray | None
+    files: CaseFiles
+
+
+def load_case(dataset: RawDataset | str | os.PathLike, case_id: str, subset: str | None = None,
+              normalization: str | None = None, root: str | os.PathLike | None = None) -> LoadedCase:
+    """Read and normalise one case for inference (same reader and normalisation as training).
+
+    Args:
+        dataset: a :class:`RawDataset`, a dataset folder or a name under ``root``.
+        case_id: the case.
+        subset: ``"Tr"`` or ``"Ts"`` (default: Tr, then Ts).
+        normalization: override the registry's normalisation.
+    """
+    ds = open_dataset(dataset, root)
+    files = ds.get(case_id, subset)
+    raw = ds.read_case(files)
+    info = ds.info
+    normalization = normalization or (info.normalization if info else "zscore")
+    norm = mt.NormalizeIntensity(nonzero=normalization == "zscore_nonzero", channel_wise=True)
+    image = torch.as_tensor(np.asarray(norm(raw.image)), dtype=torch.float32)
+    label = regions = None
+    if raw.label is not None:
+        label = torch.from_numpy(raw.label.astype(np.int64))
+        if ds.has_regions:
+            regions = torch.stack([torch.isin(label, torch.tensor(r)) for _, r in ds.regions])
+    instances = ds.read_instances(files) if files.instances is not None else None
+    return LoadedCase(raw.case_id, image, label, regions, raw.spacing, raw.affine, instances, files)
+
+
+def regions_to_label(masks: torch.Tensor | np.ndarray, regions_class_order: Sequence[int]):
+    """Binary region masks ``(R, *spatial)`` -> label map, nnU-Net style.
+
+    Label ``regions_class_order[i]`` is painted where region ``i`` is on, in
+    order, so nested regions (BraTS: whole tumour, core, enhancing) give the
+    innermost label. Works on tensors and arrays.
+    """
+    if len(masks) != len(regions_class_order):
+        raise ValueError(f"{len(masks)} region masks but {len(regions_class_order)} entries in regions_class_order")
+    if isinstance(masks, torch.Tensor):
+        out = torch.zeros(masks.shape[1:], dtype=torch.long, device=masks.device)
+    else:
+        out = np.zeros(np.shape(masks)[1:], dtype=np.int64)
+    for mask, value in zip(masks, regions_class_order):
+        out[mask.bool() if isinstance(mask, torch.Tensor) else np.asarray(mask, bool)] = int(value)
+    return out

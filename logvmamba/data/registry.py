@@ -1,0 +1,250 @@
+"""The four benchmark datasets of the suite: names, shapes, labels and sources.
+
+``DATASETS`` maps the suite's dataset keys (``endoscopy``, ``cell``, ``brats``,
+``acdc``) to a frozen :class:`DatasetInfo`. Everything else in
+:mod:`logvmamba.data` (converters, synthetic generators, loaders, folder
+look-up) reads its facts from here, so this table is the single place where a
+dataset's nnU-Net name, label map or patch size is written down.
+
+Axis conventions: 2D sizes are ``(H, W)``; 3D sizes are in the array order of
+the NIfTI files as nibabel returns them (``(X, Y, Z)``, no reorientation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from types import MappingProxyType
+from typing import Mapping
+
+__all__ = ["DatasetInfo", "DATASETS", "get_info", "find_info"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Facts about one benchmark dataset.
+
+    Attributes:
+        key: the suite's dataset key.
+        title: human-readable name of the benchmark.
+        nnunet_name: nnU-Net v2 raw folder name of the real data
+            (``DatasetXXX_Name``); the converter writes this folder.
+        alt_nnunet_names: other accepted real folder names (BraTS 2021).
+        spatial_dims: 2 or 3.
+        in_channels: number of image channels (an RGB png counts 3).
+        num_outputs: number of network output channels.
+        output_kind: ``"softmax"`` (class targets, background included in
+            ``num_outputs``) or ``"sigmoid"`` (one channel per region).
+        channel_names: dataset.json ``channel_names`` values, in order.
+        labels: dataset.json ``labels`` (name -> int, or name -> tuple of ints
+            for a region), exactly as the real converter writes it.
+        regions_class_order: dataset.json ``regions_class_order`` or None.
+        class_names: display names of the output channels, in order.
+        file_ending: dataset.json ``file_ending``.
+        patch_size: training patch of the paper / release recipe.
+        normalization: ``"zscore"`` (per image and channel over all voxels) or
+            ``"zscore_nonzero"`` (over voxels > 0, background stays 0).
+        sampling: training patch sampling, ``"foreground"`` (nnU-Net style,
+            one third of patches centred on foreground) or ``"random"``
+            (uniform random crop after cropping to the non-zero box).
+        split_protocol: ``"kfold"``, ``"brats_holdout"`` or ``"patient_kfold"``
+            (see :mod:`logvmamba.data.splits`).
+        url: official page of the release (where to register / download).
+        download_note: one line on how the data is obtained.
+        synthetic_name: folder name of the synthetic stand-in.
+        synthetic_patch_size: training patch for the synthetic stand-in.
+    """
+
+    key: str
+    title: str
+    nnunet_name: str
+    spatial_dims: int
+    in_channels: int
+    num_outputs: int
+    output_kind: str
+    channel_names: tuple[str, ...]
+    labels: Mapping[str, int | tuple[int, ...]]
+    class_names: tuple[str, ...]
+    file_ending: str
+    patch_size: tuple[int, ...]
+    normalization: str
+    sampling: str
+    split_protocol: str
+    url: str
+    download_note: str
+    synthetic_name: str
+    synthetic_patch_size: tuple[int, ...]
+    regions_class_order: tuple[int, ...] | None = None
+    alt_nnunet_names: tuple[str, ...] = ()
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    @property
+    def nnunet_id(self) -> int:
+        """Numeric nnU-Net dataset id of the real data (704, 703, 82, 27)."""
+        return int(self.nnunet_name[len("Dataset"):].split("_", 1)[0])
+
+    @property
+    def synthetic_id(self) -> int:
+        """Numeric nnU-Net dataset id of the synthetic stand-in."""
+        return int(self.synthetic_name[len("Dataset"):].split("_", 1)[0])
+
+    @property
+    def all_names(self) -> tuple[str, ...]:
+        """Every folder name that belongs to this dataset, real first."""
+        return (self.nnunet_name, *self.alt_nnunet_names, self.synthetic_name)
+
+    def dataset_json(self, **extra) -> dict:
+        """The dataset.json content the converter writes (``extra`` keys added)."""
+        out = {
+            "channel_names": {str(i): n for i, n in enumerate(self.channel_names)},
+            "labels": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.labels.items()},
+        }
+        if self.regions_class_order is not None:
+            out["regions_class_order"] = list(self.regions_class_order)
+        out["file_ending"] = self.file_ending
+        out.update(extra)
+        return out
+
+
+_BRATS_LABELS = {
+    "background": 0,
+    "whole tumor": (1, 2, 3),
+    "tumor core": (2, 3),
+    "enhancing tumor": (3,),
+}
+
+DATASETS: Mapping[str, DatasetInfo] = MappingProxyType({
+    "endoscopy": DatasetInfo(
+        key="endoscopy",
+        title="MICCAI EndoVis 2017 Robotic Instrument Segmentation",
+        nnunet_name="Dataset704_Endovis17",
+        spatial_dims=2,
+        in_channels=3,
+        num_outputs=8,
+        output_kind="softmax",
+        channel_names=("R", "G", "B"),
+        labels=MappingProxyType({
+            "background": 0,
+            "Bipolar Forceps": 1,
+            "Prograsp Forceps": 2,
+            "Large Needle Driver": 3,
+            "Vessel Sealer": 4,
+            "Grasping Retractor": 5,
+            "Monopolar Curved Scissors": 6,
+            "Ultrasound Probe": 7,
+        }),
+        class_names=("background", "Bipolar Forceps", "Prograsp Forceps", "Large Needle Driver",
+                     "Vessel Sealer", "Grasping Retractor", "Monopolar Curved Scissors",
+                     "Ultrasound Probe"),
+        file_ending=".png",
+        patch_size=(384, 640),
+        normalization="zscore",
+        sampling="foreground",
+        split_protocol="kfold",
+        url="https://endovissub2017-roboticinstrumentsegmentation.grand-challenge.org/",
+        download_note=("register on the EndoVis 2017 challenge page; the suite converts the "
+                       "nnU-Net package of U-Mamba (Dataset704_Endovis17, linked from "
+                       "https://github.com/bowang-lab/U-Mamba)"),
+        synthetic_name="Dataset904_SynthEndoscopy",
+        synthetic_patch_size=(64, 96),
+    ),
+    "cell": DatasetInfo(
+        key="cell",
+        title="NeurIPS 2022 Cell Segmentation Challenge",
+        nnunet_name="Dataset703_NeurIPSCell",
+        spatial_dims=2,
+        in_channels=3,
+        num_outputs=3,
+        output_kind="softmax",
+        channel_names=("R", "G", "B"),
+        labels=MappingProxyType({"background": 0, "interior": 1, "boundary": 2}),
+        class_names=("background", "interior", "boundary"),
+        file_ending=".png",
+        patch_size=(512, 512),
+        normalization="zscore",
+        sampling="foreground",
+        split_protocol="kfold",
+        url="https://neurips22-cellseg.grand-challenge.org/",
+        download_note=("register on the NeurIPS 2022 CellSeg challenge page; the suite converts "
+                       "the nnU-Net package of U-Mamba (Dataset703_NeurIPSCell, linked from "
+                       "https://github.com/bowang-lab/U-Mamba)"),
+        synthetic_name="Dataset903_SynthCell",
+        synthetic_patch_size=(64, 64),
+    ),
+    "brats": DatasetInfo(
+        key="brats",
+        title="BraTS 2020 brain tumour segmentation (BraTS 2021 also accepted)",
+        nnunet_name="Dataset082_BraTS2020",
+        alt_nnunet_names=("Dataset137_BraTS2021",),
+        spatial_dims=3,
+        in_channels=4,
+        num_outputs=3,
+        output_kind="sigmoid",
+        channel_names=("T1", "T1ce", "T2", "Flair"),
+        labels=MappingProxyType(_BRATS_LABELS),
+        regions_class_order=(1, 2, 3),
+        class_names=("whole tumor", "tumor core", "enhancing tumor"),
+        file_ending=".nii.gz",
+        patch_size=(128, 128, 128),
+        normalization="zscore_nonzero",
+        sampling="random",
+        split_protocol="brats_holdout",
+        url="https://www.med.upenn.edu/cbica/brats2020/data.html",
+        download_note=("BraTS 2020: request access on the CBICA BraTS 2020 data page; BraTS 2021: "
+                       "register on Synapse, https://www.synapse.org/#!Synapse:syn25829067/wiki/610863"),
+        synthetic_name="Dataset982_SynthBraTS",
+        synthetic_patch_size=(32, 32, 32),
+    ),
+    "acdc": DatasetInfo(
+        key="acdc",
+        title="ACDC Automated Cardiac Diagnosis Challenge (cine MRI)",
+        nnunet_name="Dataset027_ACDC",
+        spatial_dims=3,
+        in_channels=1,
+        num_outputs=4,
+        output_kind="softmax",
+        channel_names=("cineMRI",),
+        labels=MappingProxyType({"background": 0, "RV": 1, "MLV": 2, "LVC": 3}),
+        class_names=("background", "RV", "MYO", "LV"),
+        file_ending=".nii.gz",
+        patch_size=(160, 160, 16),
+        normalization="zscore",
+        sampling="foreground",
+        split_protocol="patient_kfold",
+        url="https://acdc.creatis.insa-lyon.fr/",
+        download_note=("register on the ACDC challenge site (the data is now distributed through "
+                       "the CREATIS Human Heart Project database)"),
+        synthetic_name="Dataset927_SynthACDC",
+        synthetic_patch_size=(64, 64, 16),
+    ),
+})
+
+
+def get_info(key: str) -> DatasetInfo:
+    """Return the :class:`DatasetInfo` of a dataset key.
+
+    Raises:
+        KeyError: unknown key; the message lists the known keys.
+    """
+    try:
+        return DATASETS[key]
+    except KeyError:
+        raise KeyError(f"unknown dataset {key!r}; known: {', '.join(DATASETS)}") from None
+
+
+def find_info(name: str | None) -> DatasetInfo | None:
+    """The dataset a folder name belongs to (real or synthetic), else None.
+
+    Accepts a key (``"brats"``), a folder name (``"Dataset137_BraTS2021"``), or
+    a path whose last part is a folder name.
+    """
+    if not name:
+        return None
+    name = str(name).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+    if name in DATASETS:
+        return DATASETS[name]
+    for info in DATASETS.values():
+        if name in info.all_names:
+            return info
+    return None

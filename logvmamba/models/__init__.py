@@ -1,0 +1,1 @@
+"""LoG-VMamba networks and mixers; ``logvmamba.create_model`` builds them by name."""

@@ -1,0 +1,49 @@
+"""Parameter counts of the LoG-VMamba networks at the paper configurations.
+
+Usage: ``python -m logvmamba.models.summary [--ablations]``
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from logvmamba import create_model
+
+# (row, model, spatial_dims, in_channels, out_channels, patch); ACDC's patch is the
+# suite's default 3D patch for it (the release trains BraTS only).
+PAPER_CONFIGS = (
+    ("endoscopy", "logvmamba_swin_umamba", 2, 3, 8, (384, 640)),
+    ("cell", "logvmamba_swin_umamba", 2, 3, 3, (512, 512)),
+    ("brats", "logvmamba_umamba_enc", 3, 4, 3, (128, 128, 128)),
+    ("acdc", "logvmamba_umamba_enc", 3, 1, 4, (64, 160, 160)),
+)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(all parameters, trainable parameters)."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+def summary_rows(mixers=("log",)) -> list[dict]:
+    rows = []
+    for dataset, name, dims, cin, cout, patch in PAPER_CONFIGS:
+        for mixer in mixers:
+            model = create_model(name, spatial_dims=dims, in_channels=cin, out_channels=cout, img_size=patch, mixer=mixer)
+            total, trainable = count_parameters(model)
+            rows.append(dict(dataset=dataset, model=name, mixer=mixer, patch="x".join(map(str, patch)), params=total, trainable=trainable))
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ablations", action="store_true", help="also the vanilla, local and global mixers")
+    args = parser.parse_args(argv)
+    mixers = ("vanilla", "local", "global", "log") if args.ablations else ("log",)
+    print(f"{'dataset':<10} {'model':<24} {'mixer':<8} {'patch':<12} {'params':>12} {'params (M)':>10}")
+    for r in summary_rows(mixers):
+        print(f"{r['dataset']:<10} {r['model']:<24} {r['mixer']:<8} {r['patch']:<12} {r['params']:>12,} {r['params'] / 1e6:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()

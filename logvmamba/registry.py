@@ -1,0 +1,106 @@
+"""One registry for LoG-VMamba and every baseline.
+
+A model is a function ``fn(*, spatial_dims, in_channels, out_channels, img_size, **kwargs)``
+decorated with :func:`register_model`; its name is the function name. The model
+files are imported on first use of :func:`create_model` or :func:`list_models`, not
+at package import: the built-in ones below, every module of the ``baselines``
+package, and any module named in the ``LOGVMAMBA_MODEL_MODULES`` environment
+variable (comma separated), which is how a user adds a model from outside.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import os
+import pkgutil
+from typing import Callable, Sequence
+
+import torch.nn as nn
+
+__all__ = ["register_model", "create_model", "list_models", "UnknownModelError", "validate_img_size"]
+
+BUILTIN_MODULES = ("logvmamba.models.swin_umamba_d", "logvmamba.models.umamba_enc")
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_loaded_modules: set[str] = set()
+
+
+class UnknownModelError(KeyError):
+    """Raised for a model name that no module registered."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0])
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register ``fn`` under its function name; a second use of a name raises."""
+    name = fn.__name__
+    if name in _MODELS and _MODELS[name] is not fn:
+        raise ValueError(f"model {name!r} is registered twice ({_MODELS[name].__module__} and {fn.__module__})")
+    _MODELS[name] = fn
+    return fn
+
+
+def _model_modules() -> list[str]:
+    modules = list(BUILTIN_MODULES)
+    try:
+        import baselines
+    except ImportError:  # an installed wheel without the baselines package
+        baselines = None
+    if baselines is not None:
+        modules += sorted(f"baselines.{m.name}" for m in pkgutil.iter_modules(baselines.__path__) if not m.name.startswith("_"))
+    extra = os.environ.get("LOGVMAMBA_MODEL_MODULES", "")
+    modules += [m.strip() for m in extra.split(",") if m.strip()]
+    return modules
+
+
+def _load_all() -> None:
+    for module in _model_modules():
+        if module not in _loaded_modules:
+            importlib.import_module(module)
+            _loaded_modules.add(module)
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Sorted registered names, optionally filtered by a shell-style ``pattern``."""
+    _load_all()
+    names = sorted(_MODELS)
+    return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
+
+
+def create_model(
+    name: str,
+    *,
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    img_size: Sequence[int],
+    **kwargs,
+) -> nn.Module:
+    """Build a registered model that maps (B, in_channels, *img_size) to logits.
+
+    Examples::
+
+        >>> net = create_model("logvmamba_swin_umamba", spatial_dims=2, in_channels=3,
+        ...                    out_channels=8, img_size=(384, 640))
+        >>> net = create_model("logvmamba_umamba_enc", spatial_dims=3, in_channels=4,
+        ...                    out_channels=3, img_size=(128, 128, 128))
+    """
+    _load_all()
+    if name not in _MODELS:
+        raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(sorted(_MODELS))}")
+    return _MODELS[name](
+        spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, img_size=tuple(img_size), **kwargs
+    )
+
+
+def validate_img_size(img_size: Sequence[int], spatial_dims: int, divisor: int, model: str) -> tuple[int, ...]:
+    """Check that ``img_size`` has ``spatial_dims`` entries, each a positive multiple of ``divisor``."""
+    size = tuple(int(s) for s in img_size)
+    if len(size) != spatial_dims or any(s <= 0 or s % divisor for s in size):
+        raise ValueError(
+            f"{model}: img_size {tuple(img_size)} is not supported; it needs {spatial_dims} sizes, "
+            f"each a positive multiple of {divisor}"
+        )
+    return size
