@@ -13,7 +13,6 @@ from logvmamba.data import convert as conv
 from logvmamba.data.raw import save_nifti, save_png
 from logvmamba.data.splits import get_splits, make_splits
 
-pytest_plugins = ["data_fixtures"]  # fixture data_helpers: fake release trees
 
 
 def _only(folder):

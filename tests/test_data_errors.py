@@ -12,7 +12,6 @@ import pytest
 from logvmamba.data import DatasetError, RawDataset, make_loader, resolve_dataset_dir
 from logvmamba.data.raw import save_nifti, save_png
 
-pytest_plugins = ["data_fixtures"]  # session fixture synth_root, generated once
 
 
 def _raises(fn, *path_and_text):

@@ -10,7 +10,6 @@ from logvmamba.data import DATASETS, RawDataset, get_info, load_case, make_loade
 from logvmamba.data.loading import make_transforms
 from logvmamba.data.splits import get_splits
 
-pytest_plugins = ["data_fixtures"]  # session fixture synth_root, generated once
 
 
 def _folder(root, key):

@@ -20,7 +20,6 @@ from logvmamba.data.splits import (
     split_case_ids,
 )
 
-pytest_plugins = ["data_fixtures"]  # session fixture synth_root, generated once
 
 
 def test_registry_holds_the_four_datasets():

@@ -12,7 +12,6 @@ from logvmamba.data import DATASETS, RawDataset, get_info
 from logvmamba.data import synthetic
 from logvmamba.data.synthetic import instance_to_semantic
 
-pytest_plugins = ["data_fixtures"]  # session fixture synth_root, generated once
 
 
 @pytest.mark.parametrize("key", list(DATASETS))

@@ -182,7 +182,7 @@ def test_swin_umamba_without_deep_supervision_has_unused_heads_only():
     [
         ("logvmamba_swin_umamba", 2, (64, 65)),
         ("logvmamba_swin_umamba", 2, (64,)),
-        ("logvmamba_umamba_enc", 3, (32, 32, 48)),
+        ("logvmamba_umamba_enc", 3, (32, 32, 40)),
         ("logvmamba_umamba_enc", 3, (32, 32, 32)),  # a 1-voxel bottleneck
     ],
 )
@@ -240,6 +240,17 @@ def test_paper_3d_network_runs_at_small_sizes(size):
     with torch.inference_mode():
         y = net.eval()(torch.randn(1, 4, *size))
     assert y.shape == (1, 3, *size) and torch.isfinite(y).all()
+
+
+def test_anisotropic_patch_drops_the_deepest_stride_of_the_short_axis():
+    from logvmamba.models.umamba_enc import paper_strides
+
+    assert paper_strides((160, 160, 16)) == [(1, 1, 1), (2, 2, 2), (2, 2, 2), (2, 2, 2), (2, 2, 1)]
+    assert paper_strides((128, 128, 128)) == [(1, 1, 1)] + [(2, 2, 2)] * 4
+    net = create_model("logvmamba_umamba_enc_test", spatial_dims=3, in_channels=1, out_channels=4, img_size=(32, 32, 8))
+    net(torch.randn(1, 1, 32, 32, 8)).mean().backward()
+    net = create_model("logvmamba_umamba_enc", spatial_dims=3, in_channels=1, out_channels=4, img_size=(160, 160, 16))
+    assert [m.block.self_attention.gtx.proj.in_features for m in net.mamba_layers[1:]] == [100, 100, 100, 25]
 
 
 def test_paper_2d_network_runs_at_64():

@@ -124,7 +124,7 @@ def _conv(spatial_dims: int) -> type[nn.Module]:
 
 
 def _gtx_conv_geometry(stride: int, spatial_dims: int) -> tuple[int, int, int]:
-    """(kernel, dilation, padding) of the GTX spatial compression per the release."""
+    """(kernel, dilation, padding) of the GTX spatial compression along one axis, per the release."""
     if spatial_dims == 2:
         return stride + 1, 1, stride // 2
     table = {1: (1, 1, 0), 2: (3, 1, 1), 4: (3, 2, 2), 8: (5, 2, 3)}
@@ -134,18 +134,24 @@ def _gtx_conv_geometry(stride: int, spatial_dims: int) -> tuple[int, int, int]:
 
 
 class GlobalTokenExtractor(nn.Module):
-    """Compress a (B, C, *sp) map to C // squeeze global tokens of width C."""
+    """Compress a (B, C, *sp) map to C // squeeze global tokens of width C.
 
-    def __init__(self, channels: int, spatial_dims: int, grid: Sequence[int], stride: int, squeeze: int):
+    ``stride`` is one K for every axis or one per axis (anisotropic volumes).
+    """
+
+    def __init__(self, channels: int, spatial_dims: int, grid: Sequence[int], stride, squeeze: int):
         super().__init__()
         if channels % squeeze:
             raise ValueError(f"GTX channel squeeze {squeeze} does not divide {channels} channels")
-        kernel, dilation, padding = _gtx_conv_geometry(stride, spatial_dims)
+        strides = (stride,) * spatial_dims if isinstance(stride, int) else tuple(stride)
+        if len(strides) != spatial_dims:
+            raise ValueError(f"GTX stride {stride} does not have {spatial_dims} entries")
+        kernel, dilation, padding = zip(*(_gtx_conv_geometry(k, spatial_dims) for k in strides))
         self.num_tokens = channels // squeeze
         self.conv = _conv(spatial_dims)(
-            channels, self.num_tokens, kernel, stride=stride, padding=padding, dilation=dilation, groups=self.num_tokens
+            channels, self.num_tokens, kernel, stride=strides, padding=padding, dilation=dilation, groups=self.num_tokens
         )
-        out_grid = [(g + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1 for g in grid]
+        out_grid = [(g + 2 * p - d * (k - 1) - 1) // s + 1 for g, k, d, p, s in zip(grid, kernel, dilation, padding, strides)]
         if min(out_grid) < 1:
             raise ValueError(f"GTX stride {stride} leaves nothing of a {tuple(grid)} grid")
         self.grid = tuple(grid)
@@ -197,7 +203,7 @@ class LoGMixer(nn.Module):
         d_conv: kernel of the depthwise (or LTX grouped) conv.
         ltx_squeeze: S, channels per compressed LTX channel (8 in 2D, 16 in 3D).
         ltx_radius: R, the unfolded neighbourhood is R^d.
-        gtx_stride: K, spatial compression of GTX.
+        gtx_stride: K, spatial compression of GTX (an int, or one per axis).
         gtx_squeeze: G, T = C'/G global tokens.
         placement: where the global tokens go (``PLACEMENTS``).
         narrow_local: the release's 2D L-VMamba narrows in_proj to 2E/S (kept for
@@ -224,7 +230,7 @@ class LoGMixer(nn.Module):
         d_conv: int = 3,
         ltx_squeeze: int = 8,
         ltx_radius: int = 3,
-        gtx_stride: int = 1,
+        gtx_stride: int | Sequence[int] = 1,
         gtx_squeeze: int = 1,
         placement: str = "interleaved",
         narrow_local: bool = False,

@@ -8,15 +8,9 @@ from __future__ import annotations
 import argparse
 
 from logvmamba import create_model
+from logvmamba.data import DATASETS
 
-# (row, model, spatial_dims, in_channels, out_channels, patch); ACDC's patch is the
-# suite's default 3D patch for it (the release trains BraTS only).
-PAPER_CONFIGS = (
-    ("endoscopy", "logvmamba_swin_umamba", 2, 3, 8, (384, 640)),
-    ("cell", "logvmamba_swin_umamba", 2, 3, 3, (512, 512)),
-    ("brats", "logvmamba_umamba_enc", 3, 4, 3, (128, 128, 128)),
-    ("acdc", "logvmamba_umamba_enc", 3, 1, 4, (64, 160, 160)),
-)
+PAPER_MODELS = {2: "logvmamba_swin_umamba", 3: "logvmamba_umamba_enc"}
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -27,7 +21,8 @@ def count_parameters(model) -> tuple[int, int]:
 
 def summary_rows(mixers=("log",)) -> list[dict]:
     rows = []
-    for dataset, name, dims, cin, cout, patch in PAPER_CONFIGS:
+    for dataset, info in DATASETS.items():
+        name, dims, cin, cout, patch = PAPER_MODELS[info.spatial_dims], info.spatial_dims, info.in_channels, info.num_outputs, info.patch_size
         for mixer in mixers:
             model = create_model(name, spatial_dims=dims, in_channels=cin, out_channels=cout, img_size=patch, mixer=mixer)
             total, trainable = count_parameters(model)

@@ -7,6 +7,7 @@ VSS layer whose mixer is chosen per stage (paper: local, log, log, global, globa
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -15,9 +16,9 @@ import torch.nn.functional as F
 
 from logvmamba.models.mixer import MIXERS, PLACEMENTS, LoGMixer, VSSBlock
 from logvmamba.models.weights import init_weights
-from logvmamba.registry import register_model, validate_img_size
+from logvmamba.registry import register_model
 
-__all__ = ["ResBlock", "UMambaEncLoG", "logvmamba_umamba_enc", "logvmamba_umamba_enc_test", "stage_mixers"]
+__all__ = ["ResBlock", "UMambaEncLoG", "paper_strides", "logvmamba_umamba_enc", "logvmamba_umamba_enc_test", "stage_mixers"]
 
 PAPER_STAGE_MIXERS = ("local", "log", "log", "global", "global")
 
@@ -49,11 +50,12 @@ def stage_mixers(mixer: str | Sequence[str], paper: Sequence[str] = PAPER_STAGE_
 class ResBlock(nn.Module):
     """conv-norm-act, conv-norm, (1x1 conv) shortcut, add, act; nnU-Net BasicBlockD without the conv."""
 
-    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, stride: int = 1, shortcut_conv: bool = False):
+    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, stride: int | Sequence[int] = 1, shortcut_conv: bool = False):
         super().__init__()
         Conv = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2]
         Norm = (nn.InstanceNorm2d, nn.InstanceNorm3d)[spatial_dims - 2]
-        if not shortcut_conv and (in_ch != out_ch or stride != 1):
+        stride = _per_axis(stride, spatial_dims, "stride")
+        if not shortcut_conv and (in_ch != out_ch or max(stride) > 1):
             raise ValueError(f"a block from {in_ch} to {out_ch} channels at stride {stride} needs a shortcut conv")
         self.conv1 = Conv(in_ch, out_ch, 3, stride=stride, padding=1)
         self.norm1 = Norm(out_ch, eps=1e-5, affine=True)
@@ -66,6 +68,25 @@ class ResBlock(nn.Module):
         y = self.act(self.norm1(self.conv1(x)))
         y = self.norm2(self.conv2(y))
         return self.act(y + self.shortcut(x))
+
+
+def _per_axis(value, spatial_dims: int, name: str) -> tuple[int, ...]:
+    out = (int(value),) * spatial_dims if isinstance(value, int) else tuple(int(v) for v in value)
+    if len(out) != spatial_dims or min(out) < 1:
+        raise ValueError(f"{name} entry {value!r} must be a positive int or {spatial_dims} of them")
+    return out
+
+
+def paper_strides(img_size: Sequence[int], num_stages: int = 5) -> list[tuple[int, ...]]:
+    """The paper's strides (1, 2, 2, ...) per axis; an axis that the total stride does not
+    divide drops its deepest stride (ACDC's 16 slices go down to 1/16 only)."""
+    per_axis = []
+    for size in img_size:
+        factors = [1] + [2] * (num_stages - 1)
+        if size % (2 * math.prod(factors)):
+            factors[-1] = 1
+        per_axis.append(factors)
+    return [tuple(axis[s] for axis in per_axis) for s in range(num_stages)]
 
 
 def _blocks(spatial_dims: int, in_ch: int, out_ch: int, n: int, stride: int = 1) -> nn.Sequential:
@@ -99,7 +120,13 @@ class UMambaEncLoG(nn.Module):
         placement: where GTX tokens go.
         features, encoder_blocks, decoder_blocks: widths and blocks per stage
             (decoder blocks from the bottleneck up).
-        gtx_strides, gtx_squeezes: GTX K and G per stage (ignored where unused).
+        strides: per-stage downsampling after the stem's /``stem_pool`` max-pool; each
+            entry an int or one per axis. ``None``: the paper's (1, 2, 2, 2, 2), with
+            the deepest stride of an axis set to 1 when the total stride does not
+            divide its size (ACDC's 160x160x16 patch goes down to 1/16 in z).
+        stem_pool: max-pool factor after the stem (int or one per axis).
+        gtx_strides, gtx_squeezes: GTX K (int or per axis) and G per stage (ignored
+            where unused).
         ltx_squeeze: LTX S (16 in 3D).
         drop_path: of every VSS layer.
 
@@ -124,8 +151,9 @@ class UMambaEncLoG(nn.Module):
         features: Sequence[int] = (32, 64, 128, 256, 320),
         encoder_blocks: Sequence[int] = (2, 2, 2, 1, 1),
         decoder_blocks: Sequence[int] = (2, 2, 2, 1),
-        strides: Sequence[int] = (1, 2, 2, 2, 2),
-        gtx_strides: Sequence[int] = (1, 4, 2, 1, 1),
+        strides: Sequence[int | Sequence[int]] | None = None,
+        stem_pool: int | Sequence[int] = 2,
+        gtx_strides: Sequence[int | Sequence[int]] = (1, 4, 2, 1, 1),
         gtx_squeezes: Sequence[int] = (1, 1, 1, 2, 8),
         ltx_squeeze: int = 16,
         expand: float = 1,
@@ -139,16 +167,26 @@ class UMambaEncLoG(nn.Module):
         if deep_supervision:
             raise ValueError("UMambaEncLoG has no deep supervision (the release trains without it)")
         n = len(features)
+        if strides is None:
+            strides = paper_strides(img_size, n)
         if not (len(encoder_blocks) == len(strides) == len(gtx_strides) == len(gtx_squeezes) == n) or len(decoder_blocks) != n - 1:
             raise ValueError("features, encoder_blocks, strides, gtx_strides, gtx_squeezes need one entry per stage, decoder_blocks one fewer")
         if placement not in PLACEMENTS:
             raise ValueError(f"placement {placement!r} is not one of {PLACEMENTS}")
-        total_stride = 2 * int(torch.tensor(strides).prod())
-        img_size = validate_img_size(img_size, spatial_dims, total_stride, type(self).__name__)
-        if all(s == total_stride for s in img_size):
+        strides = [_per_axis(st, spatial_dims, "strides") for st in strides]
+        stem_pool = _per_axis(stem_pool, spatial_dims, "stem_pool")
+        total = [math.prod(axis) for axis in zip(stem_pool, *strides)]
+        size = tuple(int(v) for v in img_size)
+        if len(size) != spatial_dims or any(v <= 0 or v % t for v, t in zip(size, total)):
             raise ValueError(
-                f"{type(self).__name__}: img_size {img_size} leaves a single voxel at the 1/{total_stride} bottleneck, "
-                "where instance norm is undefined; make at least one side larger"
+                f"{type(self).__name__}: img_size {tuple(img_size)} is not supported; it needs {spatial_dims} sizes, "
+                f"multiples of the total stride {tuple(total)}"
+            )
+        img_size = size
+        if all(v == t for v, t in zip(img_size, total)):
+            raise ValueError(
+                f"{type(self).__name__}: img_size {img_size} leaves a single voxel at the bottleneck (total stride "
+                f"{tuple(total)}), where instance norm is undefined; make at least one side larger"
             )
         if n > len(PAPER_STAGE_MIXERS):
             raise ValueError(f"at most {len(PAPER_STAGE_MIXERS)} stages, got {n}")
@@ -161,13 +199,13 @@ class UMambaEncLoG(nn.Module):
         self.stem = nn.Sequential(
             ResBlock(spatial_dims, in_channels, stem_ch, shortcut_conv=True), ResBlock(spatial_dims, stem_ch, stem_ch)
         )
-        self.pool = (nn.MaxPool2d, nn.MaxPool3d)[spatial_dims - 2](2)
+        self.pool = (nn.MaxPool2d, nn.MaxPool3d)[spatial_dims - 2](stem_pool)
         self.stages = nn.ModuleList()
         self.mamba_layers = nn.ModuleList()
-        grid = [s // 2 for s in img_size]
+        grid = [v // p for v, p in zip(img_size, stem_pool)]
         prev = stem_ch
         for s in range(n):
-            grid = [g // strides[s] for g in grid]
+            grid = [g // st for g, st in zip(grid, strides[s])]
             self.stages.append(_blocks(spatial_dims, prev, features[s], encoder_blocks[s], strides[s]))
             mix = LoGMixer(
                 features[s],
@@ -194,10 +232,13 @@ class UMambaEncLoG(nn.Module):
         self.final_block = ResBlock(spatial_dims, stem_ch, stem_ch)
         self.head = Conv(stem_ch, out_channels, 1)
         self.strides = tuple(strides)
+        self.stem_pool = stem_pool
         init_weights(self, linear=False)
 
-    def _up(self, x: torch.Tensor, scale: int) -> torch.Tensor:
-        return x if scale == 1 else F.interpolate(x, scale_factor=scale, mode=self.up_mode, align_corners=False)
+    def _up(self, x: torch.Tensor, scale: tuple[int, ...]) -> torch.Tensor:
+        if all(f == 1 for f in scale):
+            return x
+        return F.interpolate(x, scale_factor=scale, mode=self.up_mode, align_corners=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stem = self.stem(x)
@@ -209,7 +250,7 @@ class UMambaEncLoG(nn.Module):
         n = len(skips)
         for d, (up, block) in enumerate(zip(self.up_convs, self.decoder)):
             y = block(up(self._up(y, self.strides[n - 1 - d])) + skips[n - 2 - d])
-        y = self.final_block(self.final_up(self._up(y, 2)) + stem)
+        y = self.final_block(self.final_up(self._up(y, self.stem_pool)) + stem)
         return self.head(y)
 
 
@@ -231,7 +272,6 @@ def logvmamba_umamba_enc_test(*, spatial_dims=3, in_channels, out_channels, img_
         features=(16, 16, 32, 32),
         encoder_blocks=(1, 1, 1, 1),
         decoder_blocks=(1, 1, 1),
-        strides=(1, 2, 2, 2),
         gtx_strides=(1, 4, 2, 1),
         gtx_squeezes=(1, 1, 1, 2),
     )

@@ -1,21 +1,24 @@
+from logvmamba.config import supports
 from logvmamba.data import DATASETS
 
 
-def dataset_folder(key):
-    """The synthetic stand-in's folder for a dataset key."""
-    return f"resources/synthetic/{DATASETS[key].synthetic_name}"
+def run_grid(dataset=None):
+    """(dataset, model, seed) of every configured run whose model fits the dataset's dims."""
+    keys = [dataset] if dataset else config["datasets"]
+    return [
+        (key, model, seed)
+        for key in keys
+        for model in config["models"]
+        if supports(config, model, DATASETS[key].spatial_dims)
+        for seed in config["seeds"]
+    ]
 
 
-def dataset_markers():
-    """dataset.json of every configured dataset (synthetic stand-ins for now)."""
-    if not config["synthetic"]:
-        raise ValueError("real datasets are wired into the workflow with training (issue 4); set synthetic: true")
-    return [f"{dataset_folder(key)}/dataset.json" for key in config["datasets"]]
+def all_metric_files(dataset=None):
+    return [f"results/{d}/{m}/seed{s}/summary.json" for d, m, s in run_grid(dataset)]
 
 
-def synthetic_key(wildcards):
-    """Dataset key of a synthetic folder name."""
-    keys = [k for k, info in DATASETS.items() if info.synthetic_name == wildcards.name]
-    if not keys:
-        raise ValueError(f"resources/synthetic/{wildcards.name}: not a synthetic dataset name")
-    return keys[0]
+def config_files():
+    """The config files this run reads, so that editing them reruns what depends on them."""
+    defaults = [f"{workflow.basedir}/config/config.yaml"]
+    return [f"{workflow.basedir}/config/recipes.yaml"] + [str(p) for p in (workflow.overwrite_configfiles or defaults)]

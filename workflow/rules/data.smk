@@ -1,13 +1,29 @@
-rule synthesize:
+rule prepare_data:
     output:
-        dataset_json="resources/synthetic/{name}/dataset.json",
+        marker="resources/prepared/{dataset}.json",
     log:
-        "logs/synthesize/{name}.log",
+        "logs/prepare_data/{dataset}.log",
     params:
-        key=synthetic_key,
-        seed=config["seed"],
+        data_root=config["data_root"],
+        synthetic=config["synthetic"],
         cases=config.get("synthetic_cases"),
+        seed=config["seeds"][0],
+    wildcard_constraints:
+        dataset="endoscopy|cell|brats|acdc",
     conda:
         "../envs/suite.yaml"
     script:
-        "../scripts/synthesize.py"
+        "../scripts/prepare_data.py"
+
+
+rule split:
+    input:
+        marker="resources/prepared/{dataset}.json",
+    output:
+        splits="results/{dataset}/splits_final.json",
+    log:
+        "logs/split/{dataset}.log",
+    conda:
+        "../envs/suite.yaml"
+    script:
+        "../scripts/split.py"

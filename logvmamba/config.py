@@ -1,0 +1,119 @@
+"""Experiment configs and per-model training recipes.
+
+A config is YAML validated by ``workflow/schemas/config.schema.yaml``. The model
+recipes (facts from the papers' releases) live in ``config/recipes.yaml``; an
+experiment config (``config/config.yaml``, ``config/paper.yaml``) says which
+datasets, models and seeds run and the training length. A recipe is resolved in
+this order, later entries winning: ``recipe_defaults`` -> the experiment's
+``training`` -> ``recipes[model]`` -> ``recipes[model].datasets[dataset]`` ->
+the experiment's ``overrides[model][dataset]``. A model name that has no recipe
+runs the registered architecture of that name with the defaults, so a new
+baseline needs one file in ``baselines/`` and one line in ``models:``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+__all__ = ["load_config", "resolve_recipe", "validate_config", "model_arch", "supports", "ConfigError", "ROOT"]
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+RECIPES = ROOT / "config" / "recipes.yaml"
+
+
+class ConfigError(ValueError):
+    """A config file that does not fit the schema."""
+
+
+def _merge(base: dict, update: Mapping) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def validate_config(config: Mapping, source: str = "config") -> None:
+    """Raise :class:`ConfigError` naming the offending key when ``config`` breaks the schema."""
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(dict(config)), key=lambda e: list(e.path))
+    if errors:
+        err = errors[0]
+        where = "/".join(map(str, err.path)) or "top level"
+        raise ConfigError(f"{source}: {where}: {err.message}")
+
+
+def load_config(*paths: str | os.PathLike) -> dict:
+    """Merge ``config/recipes.yaml`` and ``paths`` (later wins) and validate the result."""
+    config: dict = {}
+    for path in (RECIPES, *paths):
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        try:
+            content = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        if not isinstance(content, dict):
+            raise ConfigError(f"{path}: a config must be a mapping")
+        config = _merge(config, content)
+    validate_config(config, ", ".join(str(p) for p in paths) or str(RECIPES))
+    return config
+
+
+def model_arch(config: Mapping, model: str, spatial_dims: int) -> str | None:
+    """Registered architecture of a config model for 2D or 3D data (None: not supported)."""
+    arch: Any = config["recipes"].get(model, {}).get("arch", model)
+    if isinstance(arch, Mapping):
+        arch = arch.get(f"{spatial_dims}d")
+    if arch is None:
+        return None
+    if config["model_variant"] == "test":
+        from logvmamba import list_models
+
+        if f"{arch}_test" in list_models():
+            return f"{arch}_test"
+    return arch
+
+
+def supports(config: Mapping, model: str, spatial_dims: int) -> bool:
+    """Whether a config model runs on data of ``spatial_dims``."""
+    arch = config["recipes"].get(model, {}).get("arch", model)
+    if isinstance(arch, Mapping):
+        return f"{spatial_dims}d" in arch
+    dims = config["recipes"].get(model, {}).get("spatial_dims", [2, 3])
+    return spatial_dims in dims
+
+
+def resolve_recipe(config: Mapping, model: str, ds) -> dict:
+    """The complete training recipe of ``model`` on dataset ``ds`` (a RawDataset)."""
+    key = ds.info.key if ds.info is not None else ds.name
+    entry = config["recipes"].get(model, {})
+    recipe = _merge(config["recipe_defaults"], config["training"])
+    recipe = _merge(recipe, {k: v for k, v in entry.items() if k not in ("arch", "datasets", "spatial_dims")})
+    recipe = _merge(recipe, entry.get("datasets", {}).get(key, {}))
+    recipe = _merge(recipe, config.get("overrides", {}).get(model, {}).get(key, {}))
+    arch = model_arch(config, model, ds.spatial_dims)
+    if arch is None:
+        raise ConfigError(f"model {model!r} has no {ds.spatial_dims}D architecture in config recipes")
+    patch = config.get("patch_size", {}).get(key)
+    if patch is None:
+        from logvmamba.data.loading import default_patch_size
+
+        patch = default_patch_size(ds)
+    recipe.update(arch=arch, patch_size=[int(p) for p in patch], model=model, dataset=key)
+    kwargs = dict(recipe.get("model_kwargs") or {})
+    if recipe["deep_supervision"]:
+        kwargs["deep_supervision"] = True
+    recipe["model_kwargs"] = kwargs
+    return recipe

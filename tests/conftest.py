@@ -1,0 +1,3 @@
+"""Shared fixtures: the synthetic datasets and fake release trees of data_fixtures.py."""
+
+pytest_plugins = ["data_fixtures"]

@@ -1,0 +1,11 @@
+"""Train one model on one dataset with one seed (Snakemake script)."""
+
+import sys
+from pathlib import Path
+
+from logvmamba.pipeline import train_run
+
+sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+w = snakemake.wildcards
+out_dir = Path(snakemake.output.checkpoint).parent
+train_run(snakemake.config, w.model, snakemake.input.marker, out_dir, int(w.seed), snakemake.params.fold)
