@@ -32,9 +32,15 @@ rule all_metrics:
         metrics=all_metric_files(),
 
 
+rule all_profiles:
+    input:
+        profiles=all_profile_files(),
+
+
 rule all:
     input:
         metrics=all_metric_files(),
+        profiles=all_profile_files(),
         parameters="results/models/parameters.csv",
 
 

@@ -5,7 +5,7 @@ recipes (facts from the papers' releases) live in ``config/recipes.yaml``; an
 experiment config (``config/config.yaml``, ``config/paper.yaml``) says which
 datasets, models and seeds run and the training length. A recipe is resolved in
 this order, later entries winning: ``recipe_defaults`` -> the experiment's
-``training`` -> ``recipes[model]`` -> ``recipes[model].datasets[dataset]`` ->
+``training`` -> its ``dataset_training[dataset]`` -> ``recipes[model]`` -> ``recipes[model].datasets[dataset]`` ->
 the experiment's ``overrides[model][dataset]``. A model name that has no recipe
 runs the registered architecture of that name with the defaults, so a new
 baseline needs one file in ``baselines/`` and one line in ``models:``.
@@ -20,7 +20,7 @@ from typing import Any, Mapping
 
 import yaml
 
-__all__ = ["load_config", "resolve_recipe", "validate_config", "model_arch", "supports", "ConfigError", "ROOT"]
+__all__ = ["load_config", "resolve_recipe", "validate_config", "model_arch", "supports", "check_models", "ConfigError", "ROOT"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -86,6 +86,22 @@ def model_arch(config: Mapping, model: str, spatial_dims: int) -> str | None:
     return arch
 
 
+def check_models(config: Mapping) -> None:
+    """Raise :class:`ConfigError` for a configured model with no registered architecture."""
+    from logvmamba import list_models
+
+    known = set(list_models())
+    for model in config["models"]:
+        arch = config["recipes"].get(model, {}).get("arch", model)
+        archs = arch.values() if isinstance(arch, Mapping) else [arch]
+        missing = [a for a in archs if a not in known]
+        if missing:
+            raise ConfigError(
+                f"models: {model!r} needs the architecture {missing[0]!r}, which no module registers; "
+                f"add a file with a @register_model function to baselines/ (known: {', '.join(sorted(known))})"
+            )
+
+
 def supports(config: Mapping, model: str, spatial_dims: int) -> bool:
     """Whether a config model runs on data of ``spatial_dims``."""
     arch = config["recipes"].get(model, {}).get("arch", model)
@@ -100,6 +116,7 @@ def resolve_recipe(config: Mapping, model: str, ds) -> dict:
     key = ds.info.key if ds.info is not None else ds.name
     entry = config["recipes"].get(model, {})
     recipe = _merge(config["recipe_defaults"], config["training"])
+    recipe = _merge(recipe, config.get("dataset_training", {}).get(key, {}))
     recipe = _merge(recipe, {k: v for k, v in entry.items() if k not in ("arch", "datasets", "spatial_dims")})
     recipe = _merge(recipe, entry.get("datasets", {}).get(key, {}))
     recipe = _merge(recipe, config.get("overrides", {}).get(model, {}).get(key, {}))
@@ -111,7 +128,8 @@ def resolve_recipe(config: Mapping, model: str, ds) -> dict:
         from logvmamba.data.loading import default_patch_size
 
         patch = default_patch_size(ds)
-    recipe.update(arch=arch, patch_size=[int(p) for p in patch], model=model, dataset=key)
+    m = recipe["patch_multiple"]
+    recipe.update(arch=arch, patch_size=[-(-int(p) // m) * m for p in patch], model=model, dataset=key)
     kwargs = dict(recipe.get("model_kwargs") or {})
     if recipe["deep_supervision"]:
         kwargs["deep_supervision"] = True

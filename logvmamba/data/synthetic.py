@@ -95,15 +95,17 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 # endoscopy: instruments on tissue
 # ----------------------------------------------------------------------------
 
-# per class: shaft colour, head colour, shaft half-width (px)
+# per class: shaft colour, head colour, shaft half-width (px). Shaft colours differ in
+# hue as well as brightness, so that the class is learnable from every pixel of the
+# instrument in the short default runs, not from the head alone.
 _INSTRUMENT_STYLE = {
-    1: ((95, 100, 120), (150, 155, 175), 5.0),   # bipolar forceps: bluish grey, two-prong fork
-    2: ((55, 55, 58), (165, 165, 165), 5.0),     # prograsp forceps: dark, diverging jaws
-    3: ((125, 125, 125), (110, 110, 110), 5.5),  # large needle driver: grey, striped block jaw
-    4: ((70, 72, 85), (215, 215, 230), 6.0),     # vessel sealer: long bright flat jaw
-    5: ((160, 160, 150), (185, 185, 175), 4.5),  # grasping retractor: ring-shaped head
-    6: ((85, 80, 70), (200, 175, 115), 5.0),     # monopolar curved scissors: golden curved blade
-    7: ((205, 205, 195), (230, 230, 220), 9.0),  # ultrasound probe: wide, pale, rounded cap
+    1: ((60, 90, 170), (150, 155, 175), 5.0),    # bipolar forceps: blue, two-prong fork
+    2: ((40, 40, 45), (165, 165, 165), 5.0),     # prograsp forceps: black, diverging jaws
+    3: ((140, 140, 140), (110, 110, 110), 5.5),  # large needle driver: grey, striped block jaw
+    4: ((40, 130, 80), (215, 215, 230), 6.0),    # vessel sealer: green, long bright flat jaw
+    5: ((200, 190, 110), (185, 185, 175), 4.5),  # grasping retractor: yellow, ring-shaped head
+    6: ((150, 80, 160), (200, 175, 115), 5.0),   # monopolar curved scissors: purple, golden blade
+    7: ((225, 225, 220), (235, 235, 228), 9.0),  # ultrasound probe: wide, white, rounded cap
 }
 
 

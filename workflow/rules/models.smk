@@ -7,3 +7,21 @@ rule summarize_models:
         "../envs/suite.yaml"
     script:
         "../scripts/summarize_models.py"
+
+
+rule profile:
+    output:
+        json="results/{dataset}/{model}/profile_{device}.json",
+    log:
+        "logs/profile/{dataset}/{model}/{device}.log",
+    params:
+        arch=paper_arch,
+        settings=config["profile"],
+    wildcard_constraints:
+        device="cpu|cuda",
+    resources:
+        gpu=gpu_count,
+    conda:
+        "../envs/suite.yaml"
+    script:
+        "../scripts/profile.py"

@@ -1,0 +1,279 @@
+"""Profile one model on one dataset and device: parameters, FLOPs, latency, memory.
+
+    python -m logvmamba.profile --model NAME --dataset KEY [--device cpu|cuda]
+        [--size paper|synthetic|HxW|DxHxW] [--no-runtime] [--runs N] [--warmup N]
+        --out FILE.json
+
+Input shapes come from :data:`logvmamba.data.DATASETS` (``patch_size``, or
+``synthetic_patch_size``; ``in_channels``, ``num_outputs``, ``spatial_dims``) at
+batch 1. FLOPs follow the published convention (:mod:`logvmamba.profiling.flops`)
+and are counted on the CPU in eval mode; latency and memory are measured on
+``--device`` in fresh subprocesses (:mod:`logvmamba.profiling.runtime`). The JSON
+(``SCHEMA``) is written atomically and records where and with what it was made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+__all__ = ["SCHEMA", "input_spec", "main", "profile_model", "provenance"]
+
+SCHEMA = "logvmamba.profile/1"
+SIZES = ("paper", "synthetic")
+
+
+def input_spec(dataset: str, size: str | Sequence[int] = "paper") -> dict:
+    """Network input and output sizes of a dataset.
+
+    Args:
+        dataset: a key of :data:`logvmamba.data.DATASETS`.
+        size: ``paper`` (the dataset's training patch), ``synthetic`` (its synthetic
+            stand-in's patch), a string like ``64x96`` or ``16x64x64``, or a sequence.
+
+    Raises:
+        KeyError: unknown dataset.
+        ValueError: a size that is not one of those or has the wrong length.
+    """
+    from logvmamba.data import DATASETS
+
+    if dataset not in DATASETS:
+        raise KeyError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    info = DATASETS[dataset]
+    if isinstance(size, str) and size in SIZES:
+        patch = info.patch_size if size == "paper" else info.synthetic_patch_size
+    else:
+        if isinstance(size, str):
+            if not re.fullmatch(r"\d+(x\d+)+", size):
+                raise ValueError(f"size {size!r} is not paper, synthetic or sizes like 64x96")
+            patch = tuple(int(s) for s in size.split("x"))
+        else:
+            patch = tuple(int(s) for s in size)
+        if len(patch) != info.spatial_dims or min(patch) < 1:
+            raise ValueError(f"size {size!r} needs {info.spatial_dims} positive sizes for {dataset}")
+    return {
+        "dataset": dataset,
+        "size": size if isinstance(size, str) else "x".join(map(str, patch)),
+        "spatial_dims": info.spatial_dims,
+        "in_channels": info.in_channels,
+        "out_channels": info.num_outputs,
+        "img_size": list(patch),
+        "shape": [1, info.in_channels, *patch],
+        "dtype": "float32",
+    }
+
+
+def _git(*args: str) -> Optional[str]:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        res = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
+def provenance(device: str, threads: int) -> dict:
+    """Host, CPU/GPU, library versions, scan backend and git commit of a profile."""
+    import torch
+
+    from logvmamba.bench.scan import provenance as base
+    from logvmamba.ops import SCAN_ENV, resolve_backend
+
+    info = base(device, threads)
+    try:
+        backend = resolve_backend("auto", torch.empty(0, device=device)).name
+    except Exception as err:  # noqa: BLE001 - report, do not fail the profile
+        backend = f"unavailable ({err})"
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    info.update({
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "scan_backend": backend,
+        "scan_env": os.environ.get(SCAN_ENV),
+        "git_commit": commit,
+        "git_dirty": None if status is None else bool(status),
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    })
+    return info
+
+
+def profile_model(
+    model: str,
+    dataset: str,
+    device: str = "cpu",
+    size: str | Sequence[int] = "paper",
+    runtime: bool = True,
+    flops: bool = True,
+    cross_check: bool = True,
+    warmup: Optional[int] = None,
+    runs: Optional[int] = None,
+    threads: Optional[int] = None,
+    optimizer: str = "sgd",
+    amp: bool = False,
+    modes: Sequence[str] = ("inference", "train"),
+    model_kwargs: Optional[dict] = None,
+    timeout: Optional[float] = None,
+) -> dict:
+    """The profile of ``model`` on ``dataset`` as a JSON-ready dict (see :data:`SCHEMA`).
+
+    Args:
+        model: registered model name.
+        dataset: dataset key (input shape, channels, classes).
+        device: ``cpu`` or ``cuda`` (``cuda:N``) for latency and memory.
+        size: see :func:`input_spec`.
+        runtime: measure latency and memory (``False``: parameters and FLOPs only).
+        flops: count FLOPs (on the CPU).
+        cross_check: also count with ``torch.utils.flop_counter.FlopCounterMode``.
+        warmup, runs: untimed and timed calls per mode (default 3 and 10 on CUDA,
+            1 and 3 on the CPU).
+        threads: CPU threads (default: the usable CPUs).
+        optimizer: ``sgd`` or ``adamw`` for the training step.
+        amp: autocast (float16 on CUDA, bfloat16 on the CPU) in the timed calls.
+        modes: which of ``inference`` and ``train`` to time.
+        model_kwargs: extra keywords for ``create_model``.
+        timeout: seconds per measurement subprocess.
+
+    Raises:
+        ValueError: bad arguments; RuntimeError: CUDA asked for but absent, or a
+        measurement failed.
+    """
+    import torch
+
+    from logvmamba import create_model
+    from logvmamba.profiling.flops import count_model_flops
+    from logvmamba.profiling.runtime import MODES, OPTIMIZERS, run_measurement
+
+    if not (device == "cpu" or re.fullmatch(r"cuda(:\d+)?", device)):
+        raise ValueError(f"device {device!r} is not cpu or cuda[:N]")
+    if device.startswith("cuda") and runtime and not torch.cuda.is_available():
+        raise RuntimeError("device cuda asked for, but CUDA is not available")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer {optimizer!r} is not one of {OPTIMIZERS}")
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise ValueError(f"modes {tuple(modes)} must be a non-empty subset of {MODES}")
+    cuda = device.startswith("cuda")
+    warmup = (3 if cuda else 1) if warmup is None else int(warmup)
+    runs = (10 if cuda else 3) if runs is None else int(runs)
+    if warmup < 0 or runs < 1:
+        raise ValueError(f"warmup must be >= 0 and runs >= 1, got warmup={warmup}, runs={runs}")
+    threads = threads or len(os.sched_getaffinity(0))
+    spec = input_spec(dataset, size)
+    model_kwargs = dict(model_kwargs or {})
+
+    net = create_model(model, spatial_dims=spec["spatial_dims"], in_channels=spec["in_channels"],
+                       out_channels=spec["out_channels"], img_size=spec["img_size"], **model_kwargs)
+    params = list(net.parameters())
+    out = {
+        "schema": SCHEMA,
+        "model": model,
+        "model_kwargs": model_kwargs,
+        "dataset": dataset,
+        "device": device,
+        "input": spec,
+        "params": {"total": sum(p.numel() for p in params),
+                   "trainable": sum(p.numel() for p in params if p.requires_grad),
+                   "bytes": sum(p.numel() * p.element_size() for p in params)},
+        "flops": None,
+        "runtime": None,
+    }
+    if flops:
+        net.eval()
+        torch.manual_seed(0)
+        out["flops"] = count_model_flops(net, torch.randn(*spec["shape"]), cross_check=cross_check)
+        out["flops"]["device"] = "cpu"
+    del net, params
+    if runtime:
+        out["runtime"] = {}
+        for mode in modes:
+            job = dict(model=model, spatial_dims=spec["spatial_dims"], in_channels=spec["in_channels"],
+                       out_channels=spec["out_channels"], img_size=spec["img_size"], device=device, mode=mode,
+                       warmup=warmup, runs=runs, threads=threads, optimizer=optimizer, amp=amp,
+                       model_kwargs=model_kwargs)
+            out["runtime"][mode] = run_measurement(job, timeout=timeout)
+    out["provenance"] = provenance(device, threads)
+    return out
+
+
+def _summary(result: dict) -> str:
+    lines = [f"{result['model']} on {result['dataset']} {tuple(result['input']['shape'])}, {result['device']}",
+             f"  params      {result['params']['total'] / 1e6:.2f} M"]
+    fl = result["flops"]
+    if fl:
+        lines.append(f"  FLOPs       {fl['fvcore_total'] / 1e9:.2f} G (fvcore + scan handle; scan {fl['scan'] / 1e9:.2f} G)")
+        if "flop_counter" in fl:
+            ratio = fl["flop_counter"]["ratio_to_2x_mac_ops"]
+            lines.append(f"  FlopCounter {fl['flop_counter']['total'] / 1e9:.2f} G (2 per MAC; / (2 x fvcore MACs) = "
+                         f"{'-' if ratio is None else f'{ratio:.4f}'})")
+        lines.append(f"  uncounted   {fl['uncounted']['flops_estimate'] / 1e9:.2f} G estimated "
+                     f"({', '.join(fl['uncounted']['ops']) or 'none'})")
+        if fl["unjustified"]:
+            lines.append(f"  UNJUSTIFIED {fl['unjustified']}")
+    for mode, r in (result["runtime"] or {}).items():
+        lines.append(f"  {mode:<11} {1e3 * r['latency_s']['median']:.1f} ms median of {r['runs']}, "
+                     f"peak +{r['memory']['peak_increase_bytes'] / 2**20:.1f} MiB")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Command line; returns the exit status (3 when unjustified ops were found)."""
+    from logvmamba.io import atomic_write_text
+
+    parser = argparse.ArgumentParser(prog="python -m logvmamba.profile", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fidelity", action="store_true",
+                        help="print params/GFLOPs against the published table instead (see python -m "
+                             "logvmamba.profiling.fidelity --help for its options; the rest go to it)")
+    parser.add_argument("--model")
+    parser.add_argument("--dataset")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", default="paper", help="paper, synthetic, or sizes like 64x96 / 16x64x64")
+    parser.add_argument("--out", help="JSON file to write")
+    parser.add_argument("--no-runtime", action="store_true", help="parameters and FLOPs only")
+    parser.add_argument("--no-cross-check", action="store_true", help="skip the FlopCounterMode cross-check")
+    parser.add_argument("--modes", nargs="+", default=["inference", "train"], choices=["inference", "train"])
+    parser.add_argument("--runs", type=int, default=None, help="timed calls per mode (default 10 CUDA, 3 CPU)")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls per mode (default 3 CUDA, 1 CPU)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    parser.add_argument("--amp", action="store_true", help="autocast in the timed calls")
+    parser.add_argument("--model-kwargs", default="{}", help="JSON object of extra create_model keywords")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per measurement subprocess")
+    parser.add_argument("--allow-unjustified", action="store_true",
+                        help="write the JSON even if fvcore skipped ops without a justification")
+    args, rest = parser.parse_known_args(argv)
+    if args.fidelity:
+        from logvmamba.profiling.fidelity import main as fidelity_main
+
+        return fidelity_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    for name in ("model", "dataset", "out"):
+        if getattr(args, name) is None:
+            parser.error(f"--{name} is required")
+    try:
+        model_kwargs = json.loads(args.model_kwargs)
+    except json.JSONDecodeError as err:
+        parser.error(f"--model-kwargs is not JSON: {err}")
+    if not isinstance(model_kwargs, dict):
+        parser.error("--model-kwargs must be a JSON object")
+    result = profile_model(
+        args.model, args.dataset, device=args.device, size=args.size, runtime=not args.no_runtime,
+        cross_check=not args.no_cross_check, warmup=args.warmup, runs=args.runs, threads=args.threads,
+        optimizer=args.optimizer, amp=args.amp, modes=args.modes, model_kwargs=model_kwargs, timeout=args.timeout,
+    )
+    unjustified = (result["flops"] or {}).get("unjustified")
+    if unjustified and not args.allow_unjustified:
+        print(_summary(result), file=sys.stderr)
+        print(f"error: fvcore skipped ops that JUSTIFIED_UNCOUNTED_OPS does not justify: {unjustified}; count them "
+              "or add a justification in logvmamba/profiling/flops.py (or pass --allow-unjustified); nothing written",
+              file=sys.stderr)
+        return 3
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+    print(_summary(result))
+    return 0
