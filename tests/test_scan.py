@@ -184,7 +184,8 @@ def test_env_var_overrides_auto(monkeypatch):
     with pytest.raises(ValueError, match="nonsense"):
         resolve_backend("auto", x["u"])
     monkeypatch.delenv(SCAN_ENV)
-    expected = "cuda" if "cuda" in available_backends(x["u"]) else "torch"
+    usable = available_backends(x["u"])
+    expected = next(b for b in ("cuda", "fused", "torch") if b in usable)
     assert resolve_backend("auto", x["u"]).name == expected
 
 
@@ -196,7 +197,7 @@ def test_cuda_backend_raises_clearly_without_cuda(monkeypatch):
     monkeypatch.setenv(SCAN_ENV, "cuda")
     with pytest.raises(BackendUnavailableError, match="cuda"):
         run_scan(x, "auto", False, False)
-    assert available_backends() == ["ref", "torch"]
+    assert {"ref", "torch"} <= set(available_backends()) and "cuda" not in available_backends()
 
 
 def test_bad_arguments_raise():

@@ -11,6 +11,13 @@ Backends:
   doubling scan inside each chunk; any device, autograd with per-chunk
   recomputation.
 - ``"cuda"``: mamba-ssm's fused kernel, imported only when asked for.
+- ``"triton"`` (``triton_scan.py``): a Triton forward kernel for CUDA GPUs
+  without mamba-ssm; inference only.
+- ``"fused"`` (``fused.py``): a C++ loop for CPUs, forward and backward,
+  compiled at first use.
+
+"auto" tries them in the order of :data:`AUTO_ORDER`: cuda, triton (no
+gradient needed), fused (CPU tensors), torch.
 
 Every backend except ``"cuda"`` runs inside :class:`SelectiveScanFn`, so
 ``torch.jit.trace`` (and hence fvcore) sees one ``prim::PythonOp`` node per
@@ -133,6 +140,9 @@ class ScanBackend:
     """
 
     name: str = ""
+    #: False for inference-only backends: "auto" skips them when a gradient
+    #: is needed, and naming one then raises BackendUnavailableError.
+    supports_grad: bool = True
 
     def unavailable_reason(self, u: Optional[Tensor] = None) -> Optional[str]:
         """Why this backend cannot run (on u's device and dtype), or None."""
@@ -487,29 +497,38 @@ def available_backends(u: Optional[Tensor] = None) -> list[str]:
     return [name for name, be in _BACKENDS.items() if be.unavailable_reason(u) is None]
 
 
-def resolve_backend(backend: str = "auto", u: Optional[Tensor] = None) -> ScanBackend:
+def resolve_backend(backend: str = "auto", u: Optional[Tensor] = None,
+                    requires_grad: bool = False) -> ScanBackend:
     """The backend a call with these arguments would use.
 
     ``"auto"`` defers to the ``LOGVMAMBA_SCAN`` environment variable when it
     is set (to anything but "auto"), else takes the first backend of
-    :data:`AUTO_ORDER` that can run on ``u``.
+    :data:`AUTO_ORDER` that can run on ``u`` (and has a backward, when
+    ``requires_grad``).
 
     Raises:
         ValueError: unknown backend name.
-        BackendUnavailableError: the named backend cannot run here.
+        BackendUnavailableError: the named backend cannot run here, or is
+            inference-only and a gradient is required.
     """
     if backend == "auto":
         backend = os.environ.get(SCAN_ENV, "").strip().lower() or "auto"
     if backend == "auto":
         for name in AUTO_ORDER:
             be = _BACKENDS.get(name)
-            if be is not None and be.unavailable_reason(u) is None:
+            if be is None or (requires_grad and not be.supports_grad):
+                continue
+            if be.unavailable_reason(u) is None:
                 return be
         raise BackendUnavailableError(f"no selective-scan backend can run; tried {AUTO_ORDER}")
     be = get_backend(backend)
     reason = be.unavailable_reason(u)
     if reason is not None:
         raise BackendUnavailableError(f"selective-scan backend {backend!r} is unavailable: {reason}")
+    if requires_grad and not be.supports_grad:
+        raise BackendUnavailableError(
+            f"selective-scan backend {backend!r} is inference-only (no backward) but a gradient is "
+            "required; call it under torch.no_grad() or use a backend with a backward")
     return be
 
 
@@ -544,7 +563,8 @@ def selective_scan(
         delta_bias: optional (d,).
         delta_softplus: apply softplus to delta.
         return_last_state: also return the final state (batch, d, n).
-        backend: "auto", "ref", "torch", "cuda" or any registered backend.
+        backend: "auto", "ref", "torch", "cuda", "triton", "fused" or any
+            registered backend.
 
     Returns:
         y (batch, d, L), or (y, last_state) when ``return_last_state``.
@@ -561,6 +581,8 @@ def selective_scan(
         torch.Size([2, 8, 10])
     """
     _check_args(u, delta, A, B, C, D, z, delta_bias)
-    impl = resolve_backend(backend, u)
+    requires_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
+    impl = resolve_backend(backend, u, requires_grad)
     return impl.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(return_last_state))
 
