@@ -36,8 +36,9 @@ def test_paper_dry_run_lists_the_full_grid(tmp_path):
     code, out = _snakemake("-n", "all_metrics", "--configfile", str(ROOT / "config/paper.yaml"),
                            "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"))
     assert code == 0, out[-3000:]
-    assert _jobs(out)["train"] == 4 * 3  # 4 datasets x LoG-VMamba x 3 seeds
-    assert "results/brats/logvmamba/seed2/summary.json" in out
+    # 2D datasets x 10 models + 3D datasets x 8 (the Swin-UMamba models are 2D only), 3 seeds
+    assert _jobs(out)["train"] == (2 * 10 + 2 * 8) * 3
+    assert "results/brats/logvmamba/seed2/summary.json" in out and "results/brats/swin_umamba/" not in out
 
 
 def test_paper_real_run_fails_fast_with_the_missing_dataset_message(tmp_path):
