@@ -6,9 +6,11 @@ experiment config (``config/config.yaml``, ``config/paper.yaml``) says which
 datasets, models and seeds run and the training length. A recipe is resolved in
 this order, later entries winning: ``recipe_defaults`` -> the experiment's
 ``training`` -> its ``dataset_training[dataset]`` -> ``recipes[model]`` -> ``recipes[model].datasets[dataset]`` ->
-the experiment's ``overrides[model][dataset]``. A model name that has no recipe
-runs the registered architecture of that name with the defaults, so a new
-baseline needs one file in ``baselines/`` and one line in ``models:``.
+the experiment's ``overrides[model][dataset]``. A recipe with ``base: <model>``
+starts from that model's recipe and overrides (the ablation variants of
+LoG-VMamba are one line each). A model name that has no recipe runs the
+registered architecture of that name with the defaults, so a new baseline needs
+one file in ``baselines/`` and one line in ``models:``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ from typing import Any, Mapping
 
 import yaml
 
-__all__ = ["load_config", "resolve_recipe", "validate_config", "model_arch", "supports", "check_models", "ConfigError", "ROOT"]
+__all__ = [
+    "load_config", "resolve_recipe", "validate_config", "model_arch", "model_spec", "model_label", "supports",
+    "check_models", "config_models", "ablation_models", "run_grid", "ConfigError", "ROOT",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -71,9 +76,34 @@ def load_config(*paths: str | os.PathLike) -> dict:
     return config
 
 
+def _lineage(config: Mapping, model: str) -> list[str]:
+    """``model`` and its ``base`` chain, the root first."""
+    chain = [model]
+    while (base := config["recipes"].get(chain[-1], {}).get("base")) is not None:
+        if base in chain:
+            raise ConfigError(f"recipes: {model!r} has a cycle of bases: {' -> '.join(chain + [base])}")
+        if base not in config["recipes"]:
+            raise ConfigError(f"recipes: {chain[-1]!r} has base {base!r}, which has no recipe")
+        chain.append(base)
+    return chain[::-1]
+
+
+def _entry(config: Mapping, model: str) -> dict:
+    """The recipe entry of ``model`` with its bases merged in (``{}`` for a model without one)."""
+    entry: dict = {}
+    for name in _lineage(config, model):
+        entry = _merge(entry, {k: v for k, v in config["recipes"].get(name, {}).items() if k != "base"})
+    return entry
+
+
+def model_label(config: Mapping, model: str) -> str:
+    """Display name of a config model (its recipe's ``label``, else the key)."""
+    return config["recipes"].get(model, {}).get("label", model)
+
+
 def model_arch(config: Mapping, model: str, spatial_dims: int) -> str | None:
     """Registered architecture of a config model for 2D or 3D data (None: not supported)."""
-    arch: Any = config["recipes"].get(model, {}).get("arch", model)
+    arch: Any = _entry(config, model).get("arch", model)
     if isinstance(arch, Mapping):
         arch = arch.get(f"{spatial_dims}d")
     if arch is None:
@@ -86,13 +116,58 @@ def model_arch(config: Mapping, model: str, spatial_dims: int) -> str | None:
     return arch
 
 
+def model_spec(config: Mapping, model: str, dataset: str, variant: str | None = None) -> tuple[str, dict]:
+    """(architecture, model keywords) of a config model on a dataset key, as training builds it.
+
+    ``variant`` (``paper`` or ``test``) replaces the config's ``model_variant``.
+    """
+    from logvmamba.data import DATASETS
+
+    if variant is not None:
+        config = dict(config, model_variant=variant)
+    dims = DATASETS[dataset].spatial_dims
+    arch = model_arch(config, model, dims)
+    if arch is None or not supports(config, model, dims):
+        raise ConfigError(f"model {model!r} has no {dims}D architecture in config recipes")
+    kwargs = dict(_merged_recipe(config, model, dataset).get("model_kwargs") or {})
+    return arch, kwargs
+
+
+def ablation_models(config: Mapping) -> list[str]:
+    """The models of the configured ablation tables, in table order, without repeats."""
+    ablations = config.get("ablations") or {}
+    return list(dict.fromkeys(ablations.get("mixers", []) + ablations.get("placements", [])))
+
+
+def config_models(config: Mapping) -> list[str]:
+    """Every model the config trains: ``models`` then the ablation variants."""
+    return list(dict.fromkeys(list(config["models"]) + ablation_models(config)))
+
+
+def run_grid(config: Mapping, dataset: str | None = None, ablations: bool = True) -> list[tuple[str, str, int]]:
+    """(dataset, model, seed) of every configured run: the models on the datasets, the
+    ablation variants on the ablation datasets; only models that fit the dataset's dims."""
+    from logvmamba.data import DATASETS
+
+    pairs = [(d, m) for d in config["datasets"] for m in config["models"]]
+    if ablations:
+        datasets = (config.get("ablations") or {}).get("datasets", config["datasets"])
+        pairs += [(d, m) for d in datasets for m in ablation_models(config)]
+    return [
+        (key, model, seed)
+        for key, model in dict.fromkeys(pairs)
+        if dataset in (None, key) and supports(config, model, DATASETS[key].spatial_dims)
+        for seed in config["seeds"]
+    ]
+
+
 def check_models(config: Mapping) -> None:
     """Raise :class:`ConfigError` for a configured model with no registered architecture."""
     from logvmamba import list_models
 
     known = set(list_models())
-    for model in config["models"]:
-        arch = config["recipes"].get(model, {}).get("arch", model)
+    for model in config_models(config):
+        arch = _entry(config, model).get("arch", model)
         archs = arch.values() if isinstance(arch, Mapping) else [arch]
         missing = [a for a in archs if a not in known]
         if missing:
@@ -104,22 +179,29 @@ def check_models(config: Mapping) -> None:
 
 def supports(config: Mapping, model: str, spatial_dims: int) -> bool:
     """Whether a config model runs on data of ``spatial_dims``."""
-    arch = config["recipes"].get(model, {}).get("arch", model)
+    entry = _entry(config, model)
+    arch = entry.get("arch", model)
     if isinstance(arch, Mapping):
         return f"{spatial_dims}d" in arch
-    dims = config["recipes"].get(model, {}).get("spatial_dims", [2, 3])
-    return spatial_dims in dims
+    return spatial_dims in entry.get("spatial_dims", [2, 3])
+
+
+def _merged_recipe(config: Mapping, model: str, key: str) -> dict:
+    """The recipe fields of ``model`` on dataset ``key`` in the order of the module docstring."""
+    entry = _entry(config, model)
+    recipe = _merge(config["recipe_defaults"], config["training"])
+    recipe = _merge(recipe, config.get("dataset_training", {}).get(key, {}))
+    recipe = _merge(recipe, {k: v for k, v in entry.items() if k not in ("arch", "datasets", "spatial_dims", "label")})
+    recipe = _merge(recipe, entry.get("datasets", {}).get(key, {}))
+    for name in _lineage(config, model):
+        recipe = _merge(recipe, config.get("overrides", {}).get(name, {}).get(key, {}))
+    return recipe
 
 
 def resolve_recipe(config: Mapping, model: str, ds) -> dict:
     """The complete training recipe of ``model`` on dataset ``ds`` (a RawDataset)."""
     key = ds.info.key if ds.info is not None else ds.name
-    entry = config["recipes"].get(model, {})
-    recipe = _merge(config["recipe_defaults"], config["training"])
-    recipe = _merge(recipe, config.get("dataset_training", {}).get(key, {}))
-    recipe = _merge(recipe, {k: v for k, v in entry.items() if k not in ("arch", "datasets", "spatial_dims")})
-    recipe = _merge(recipe, entry.get("datasets", {}).get(key, {}))
-    recipe = _merge(recipe, config.get("overrides", {}).get(model, {}).get(key, {}))
+    recipe = _merged_recipe(config, model, key)
     arch = model_arch(config, model, ds.spatial_dims)
     if arch is None:
         raise ConfigError(f"model {model!r} has no {ds.spatial_dims}D architecture in config recipes")

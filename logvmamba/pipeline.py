@@ -63,7 +63,8 @@ def train_run(config: Mapping, model: str, marker, out_dir, seed: int, fold: int
     from logvmamba.train import train
 
     ds = dataset_from_marker(marker)
-    return train(resolve_recipe(config, model, ds), ds.path, out_dir, seed=seed, fold=fold)
+    # Snakemake reruns a run whose config changed: its old checkpoint is stale, not a resume point.
+    return train(resolve_recipe(config, model, ds), ds.path, out_dir, seed=seed, fold=fold, restart_stale=True)
 
 
 def predict_run(marker, checkpoint, out_dir, fold: int) -> list[Path]:

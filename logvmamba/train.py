@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -144,6 +145,14 @@ def _save_checkpoint(path: Path, state: dict) -> None:
         tmp.write_bytes(buffer.getvalue())
 
 
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:  # file systems without hard links
+        shutil.copyfile(src, dst)
+
+
 def load_trained_model(checkpoint: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module, dict]:
     """(model in eval mode, recipe) from a checkpoint written by :func:`train`."""
     path = Path(checkpoint)
@@ -197,10 +206,13 @@ def train(
     fold: int = 0,
     device: str | None = None,
     progress: bool = True,
+    restart_stale: bool = False,
 ) -> dict:
     """Train ``recipe["arch"]`` on one fold of a dataset; returns the final summary.
 
-    Resumes from ``out_dir/checkpoint_last.pt`` when present.
+    Resumes from ``out_dir/checkpoint_last.pt`` when present. A checkpoint of another
+    recipe or seed is an error, or with ``restart_stale`` is discarded (the workflow
+    reruns a run whose config changed).
 
     Raises:
         TrainingDiverged: a non-finite loss (the last good checkpoint is kept).
@@ -226,14 +238,27 @@ def train(
     start_epoch, best = 0, -math.inf
 
     last_path, best_path = out / "checkpoint_last.pt", out / "checkpoint_best.pt"
+    # Snakemake deletes a job's declared outputs (checkpoint_best.pt) before a retry; this
+    # second name of the same file lets the resumed run keep the best weights.
+    kept_path = out / ".checkpoint_best.resume.pt"
     if last_path.is_file():
         state = torch.load(last_path, map_location=device, weights_only=False)
         if state["recipe"] != recipe or state["seed"] != seed:
-            raise ValueError(f"{last_path}: checkpoint of another recipe or seed; remove it or use a new output folder")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, best, log_rows = state["epoch"] + 1, state["best"], state["log"]
+            if not restart_stale:
+                raise ValueError(f"{last_path}: checkpoint of another recipe or seed; remove it or use a new output folder")
+            print(f"{last_path}: checkpoint of another recipe or seed, starting over", flush=True)
+            state = None
+            if rank == 0:
+                last_path.unlink()
+                best_path.unlink(missing_ok=True)
+                kept_path.unlink(missing_ok=True)
+        elif rank == 0 and not best_path.exists() and kept_path.is_file():
+            _link_or_copy(kept_path, best_path)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            start_epoch, best, log_rows = state["epoch"] + 1, state["best"], state["log"]
 
     net = model
     if world > 1:
@@ -283,18 +308,28 @@ def train(
             if not math.isnan(val_score) and val_score > best:
                 best = val_score
                 _save_checkpoint(best_path, _state(model, recipe, ds, seed, epoch, best, log_rows))
+                _link_or_copy(best_path, kept_path)
             _save_checkpoint(last_path, _state(model, recipe, ds, seed, epoch, best, log_rows, optimizer, scaler))
             _write_log(out / "log.csv", log_rows)
             if progress:
                 print(f"epoch {epoch + 1}/{recipe['epochs']}: loss {row['train_loss']:.4f}, val {val_score:.4f}, "
                       f"lr {lr:.2e}, {row['seconds']:.1f}s", flush=True)
 
-    summary = dict(epochs=recipe["epochs"], best_val_score=best, final_train_loss=log_rows[-1]["train_loss"] if log_rows else None)
+    summary = dict(epochs=recipe["epochs"], best_val_score=best, final_train_loss=log_rows[-1]["train_loss"] if log_rows else None,
+                   device=device.type, device_name=_device_name(device), world_size=world, torch=torch.__version__)
     if rank == 0:
         if not best_path.exists():  # no validation cases: the last epoch is the result
             _save_checkpoint(best_path, _state(model, recipe, ds, seed, recipe["epochs"] - 1, best, log_rows))
         atomic_write_text(out / "train_done.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    from logvmamba.bench.scan import _cpu_model
+
+    return _cpu_model() or "cpu"
 
 
 def _state(model, recipe, ds, seed, epoch, best, log, optimizer=None, scaler=None) -> dict:

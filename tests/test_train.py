@@ -148,6 +148,27 @@ def test_checkpoint_of_another_recipe_is_refused(endoscopy, tmp_path):
         train(dict(recipe, lr=0.5, epochs=2), endoscopy.path, tmp_path, seed=0, progress=False)
 
 
+def test_a_retry_keeps_the_best_weights_after_snakemake_deleted_them(endoscopy, tmp_path):
+    recipe = _recipe(endoscopy, epochs=2, lr=0.0)       # equal scores: the best stays at epoch 0
+    train(recipe, endoscopy.path, tmp_path, seed=0, progress=False)
+    before = torch.load(tmp_path / "checkpoint_best.pt", weights_only=False)
+    assert before["epoch"] == 0
+    (tmp_path / "checkpoint_best.pt").unlink()      # what Snakemake does before rerunning the job
+    train(recipe, endoscopy.path, tmp_path, seed=0, progress=False)
+    after = torch.load(tmp_path / "checkpoint_best.pt", weights_only=False)
+    assert after["epoch"] == before["epoch"] and after["best"] == before["best"]
+    assert all(torch.equal(after["model"][k], v) for k, v in before["model"].items())
+
+
+def test_a_stale_checkpoint_restarts_when_the_workflow_asks(endoscopy, tmp_path):
+    recipe = _recipe(endoscopy, epochs=1)
+    train(recipe, endoscopy.path, tmp_path, seed=0, progress=False)
+    changed = dict(recipe, lr=0.5, epochs=2)
+    summary = train(changed, endoscopy.path, tmp_path, seed=0, progress=False, restart_stale=True)
+    state = torch.load(tmp_path / "checkpoint_last.pt", weights_only=False)
+    assert summary["epochs"] == 2 and state["recipe"] == changed and len(state["log"]) == 2
+
+
 @pytest.mark.parametrize("key", ["endoscopy", "cell", "brats", "acdc"])
 def test_pipeline_predicts_and_scores_every_dataset(key, synth_root, tmp_path):
     from logvmamba.pipeline import evaluate_run, evaluation_cases, predict_run, prepare_dataset, write_splits

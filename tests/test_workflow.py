@@ -22,23 +22,35 @@ def _jobs(text: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", text, re.M)}
 
 
-@pytest.mark.parametrize("target", ["all_metrics", "all", "metrics_brats"])
-def test_default_dry_run(target, tmp_path):
+# default config: 2 models on 4 datasets, 6 ablation variants on Endoscopy, 1 seed
+@pytest.mark.parametrize("target, datasets, runs", [
+    ("all_tables", 4, 2 * 4 + 6), ("all_metrics", 4, 2 * 4 + 6), ("all", 4, 2 * 4 + 6),
+    ("metrics_brats", 1, 2), ("figure5", 4, 2 * 4),
+])
+def test_default_dry_run(target, datasets, runs, tmp_path):
     code, out = _snakemake("-n", target, "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"))
     assert code == 0, out[-3000:]
     jobs = _jobs(out)
-    datasets = 1 if target == "metrics_brats" else 4
-    assert jobs["train"] == jobs["predict"] == jobs["evaluate"] == datasets
+    assert jobs["train"] == jobs["predict"] == jobs["evaluate"] == runs
     assert jobs["prepare_data"] == jobs["split"] == datasets
+    if target in ("all_tables", "all"):
+        assert jobs["tables"] == jobs["plot_efficiency"] == 1 and jobs["stats"] == 4 and jobs["profile"] == runs
+    if target == "figure5":  # the main models only: no ablation runs, tables or statistics
+        assert jobs["plot_efficiency"] == 1 and jobs["profile"] == runs and "tables" not in jobs and "stats" not in jobs
 
 
 def test_paper_dry_run_lists_the_full_grid(tmp_path):
-    code, out = _snakemake("-n", "all_metrics", "--configfile", str(ROOT / "config/paper.yaml"),
+    code, out = _snakemake("-n", "all_tables", "--configfile", str(ROOT / "config/paper.yaml"),
                            "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"))
     assert code == 0, out[-3000:]
-    # 2D datasets x 10 models + 3D datasets x 8 (the Swin-UMamba models are 2D only), 3 seeds
-    assert _jobs(out)["train"] == (2 * 10 + 2 * 8) * 3
+    # 2D datasets x 10 models + 3D datasets x 8 (the Swin-UMamba models are 2D only)
+    # + 6 ablation variants x 4 datasets, 3 seeds each; one profile per model x dataset on cuda
+    jobs = _jobs(out)
+    assert jobs["train"] == (2 * 10 + 2 * 8 + 6 * 4) * 3
+    assert jobs["profile"] == 2 * 10 + 2 * 8 + 6 * 4
+    assert jobs["stats"] == 4 and jobs["tables"] == jobs["plot_efficiency"] == 1
     assert "results/brats/logvmamba/seed2/summary.json" in out and "results/brats/swin_umamba/" not in out
+    assert "results/acdc/logvmamba_split/seed1/summary.json" in out and "profile_cuda.json" in out
 
 
 def test_paper_real_run_fails_fast_with_the_missing_dataset_message(tmp_path):
@@ -63,42 +75,42 @@ def test_config_typo_is_an_error_naming_the_key(tmp_path):
     assert code != 0 and "'epochz' was unexpected" in out
 
 
-TOY = '''
-import torch.nn as nn
-from logvmamba import register_model
-
-
-@register_model
-def toy_unet(*, spatial_dims, in_channels, out_channels, img_size, **kwargs):
-    conv = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2]
-    return nn.Sequential(conv(in_channels, 8, 3, padding=1), nn.ReLU(), conv(8, out_channels, 1))
-'''
+def _readme_baseline() -> str:
+    """The README's "Add a baseline" example file, so that the walkthrough stays true."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("# baselines/my_unet.py\n", 1)[1]
+    return block.split("```", 1)[0]
 
 
 def test_a_new_baseline_is_one_file_and_one_config_line(tmp_path):
-    (tmp_path / "toy_baseline.py").write_text(TOY)
-    config = tmp_path / "with_toy.yaml"
-    config.write_text((ROOT / "config/config.yaml").read_text().replace("models: [logvmamba]", "models: [logvmamba, toy_unet]"))
-    args = ("-n", "all_metrics", "--configfile", str(config), "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"))
+    (tmp_path / "my_unet.py").write_text(_readme_baseline())
+    config = tmp_path / "my_config.yaml"
+    text = (ROOT / "config/config.yaml").read_text()
+    assert "models: [logvmamba, nnunet]\n" in text
+    config.write_text(text.replace("models: [logvmamba, nnunet]\n", "models: [logvmamba, nnunet, my_unet]\n"))
+    args = ("-n", "all_tables", "--configfile", str(config), "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"))
     code, out = _snakemake(*args)
-    assert code != 0 and "'toy_unet' needs the architecture 'toy_unet', which no module registers" in out
-    env = dict(os.environ, PYTHONPATH=str(tmp_path), LOGVMAMBA_MODEL_MODULES="toy_baseline")
+    assert code != 0 and "'my_unet' needs the architecture 'my_unet', which no module registers" in out
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), LOGVMAMBA_MODEL_MODULES="my_unet")
     out = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", *args], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     text = out.stdout + out.stderr
-    assert _jobs(text)["train"] == 8 and "results/acdc/toy_unet/seed0/summary.json" in text
+    jobs = _jobs(text)
+    assert jobs["train"] == 2 * 4 + 6 + 4 and jobs["profile"] == jobs["train"] and jobs["tables"] == 1
+    assert "results/acdc/my_unet/seed0/summary.json" in text and "results/acdc/my_unet/profile_cpu.json" in text
 
 
-def test_toy_baseline_trains_through_the_registry(tmp_path, monkeypatch, synth_root):
-    (tmp_path / "toy_baseline.py").write_text(TOY)
+@pytest.mark.parametrize("dataset", ["endoscopy", "acdc"])
+def test_the_readme_baseline_trains_through_the_registry(dataset, tmp_path, monkeypatch, synth_root):
+    (tmp_path / "my_unet.py").write_text(_readme_baseline())
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("LOGVMAMBA_MODEL_MODULES", "toy_baseline")
+    monkeypatch.setenv("LOGVMAMBA_MODEL_MODULES", "my_unet")
     from logvmamba.config import load_config, resolve_recipe
     from logvmamba.data import DATASETS, RawDataset
     from logvmamba.train import train
 
-    ds = RawDataset(synth_root / DATASETS["acdc"].synthetic_name)
-    recipe = resolve_recipe(load_config(ROOT / "config/config.yaml"), "toy_unet", ds)
+    ds = RawDataset(synth_root / DATASETS[dataset].synthetic_name)
+    recipe = resolve_recipe(load_config(ROOT / "config/config.yaml"), "my_unet", ds)
     recipe.update(epochs=1, iterations=2, batch_size=1, val_cases=1, deep_supervision=False, model_kwargs={})
     assert train(recipe, ds.path, tmp_path / "run", progress=False)["epochs"] == 1

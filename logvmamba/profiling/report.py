@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-__all__ = ["SCHEMA", "input_spec", "main", "profile_model", "provenance"]
+__all__ = ["SCHEMA", "input_spec", "main", "profile_model", "profile_settings", "provenance"]
 
 SCHEMA = "logvmamba.profile/1"
 SIZES = ("paper", "synthetic")
@@ -198,6 +198,31 @@ def profile_model(
                        model_kwargs=model_kwargs)
             out["runtime"][mode] = run_measurement(job, timeout=timeout)
     out["provenance"] = provenance(device, threads)
+    return out
+
+
+def profile_settings(arch: str, dataset: str, device: str, settings: dict, model_kwargs: Optional[dict] = None,
+                     threads: Optional[int] = None) -> dict:
+    """:func:`profile_model` with the workflow's ``profile`` settings.
+
+    Parameters and FLOPs are counted at ``settings["size"]`` (a size, or a mapping dataset ->
+    size, ``paper`` where a dataset is missing); latency and memory run at
+    ``settings["runtime_size"]`` (a size, or a mapping dataset -> size) when it differs (a
+    CPU demo times small inputs), and the result then records that input under ``runtime_input``.
+    """
+    size = settings["size"]
+    if isinstance(size, dict):
+        size = size.get(dataset, "paper")
+    runtime_size = settings.get("runtime_size", size)
+    if isinstance(runtime_size, dict):
+        runtime_size = runtime_size.get(dataset, size)
+    common = dict(model_kwargs=model_kwargs, runs=settings["runs"], threads=threads)
+    out = profile_model(arch, dataset, device=device, size=size, runtime=settings["runtime"] and runtime_size == size,
+                        cross_check=settings.get("cross_check", True), **common)
+    out["runtime_input"] = out["input"] if out["runtime"] is not None else None
+    if settings["runtime"] and runtime_size != size:
+        timed = profile_model(arch, dataset, device=device, size=runtime_size, runtime=True, flops=False, **common)
+        out["runtime"], out["runtime_input"] = timed["runtime"], timed["input"]
     return out
 
 

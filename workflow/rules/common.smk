@@ -1,23 +1,25 @@
-from logvmamba.config import check_models, model_arch, supports
-from logvmamba.data import DATASETS
+from pathlib import Path
+
+from logvmamba.config import check_models, model_spec
+from logvmamba.config import run_grid as config_run_grid
+from logvmamba.reporting.tables import table_names
 
 check_models(config)
 
-
-def run_grid(dataset=None):
-    """(dataset, model, seed) of every configured run whose model fits the dataset's dims."""
-    keys = [dataset] if dataset else config["datasets"]
-    return [
-        (key, model, seed)
-        for key in keys
-        for model in config["models"]
-        if supports(config, model, DATASETS[key].spatial_dims)
-        for seed in config["seeds"]
-    ]
+# The published numbers are part of the checkout, wherever --directory puts the results.
+REFERENCE = f"{workflow.basedir}/results/reference/reference_results.csv"
 
 
-def all_metric_files(dataset=None):
-    return [f"results/{d}/{m}/seed{s}/summary.json" for d, m, s in run_grid(dataset)]
+def run_grid(dataset=None, ablations=True):
+    return config_run_grid(config, dataset, ablations)
+
+
+def run_datasets():
+    return list(dict.fromkeys(d for d, _, _ in run_grid()))
+
+
+def all_metric_files(dataset=None, ablations=True):
+    return [f"results/{d}/{m}/seed{s}/summary.json" for d, m, s in run_grid(dataset, ablations)]
 
 
 def config_files():
@@ -26,20 +28,51 @@ def config_files():
     return [f"{workflow.basedir}/config/recipes.yaml"] + [str(p) for p in (workflow.overwrite_configfiles or defaults)]
 
 
-def all_profile_files():
+def all_profile_files(ablations=True):
     """One profile per configured model x dataset x device."""
-    return [
-        f"results/{d}/{m}/profile_{device}.json"
-        for d, m, _ in run_grid()
-        if _ == config["seeds"][0]
-        for device in config["profile"]["devices"]
-    ]
+    pairs = dict.fromkeys((d, m) for d, m, _ in run_grid(ablations=ablations))
+    return [f"results/{d}/{m}/profile_{device}.json" for d, m in pairs for device in config["profile"]["devices"]]
 
 
-def paper_arch(wildcards):
-    """The paper-size architecture of a config model for the dataset's dims."""
-    return model_arch(dict(config, model_variant="paper"), wildcards.model, DATASETS[wildcards.dataset].spatial_dims)
+def paper_spec(wildcards):
+    """{"arch", "model_kwargs"} of the paper-size network of a config model on a dataset."""
+    arch, kwargs = model_spec(config, wildcards.model, wildcards.dataset, variant="paper")
+    return {"arch": arch, "model_kwargs": kwargs}
+
+
+def profile_settings(wildcards):
+    """The config's profile settings; no timing for a model outside ``runtime_models``."""
+    settings = dict(config["profile"])
+    timed = settings.pop("runtime_models", None)
+    if timed is not None and wildcards.model not in timed:
+        settings["runtime"] = False
+    return settings
 
 
 def gpu_count(wildcards):
     return 1 if wildcards.device == "cuda" else 0
+
+
+def run_files(wildcards):
+    """Summaries, per-case scores and training records of every run on one dataset."""
+    runs = run_grid(wildcards.dataset)
+    return {
+        "summaries": [f"results/{d}/{m}/seed{s}/summary.json" for d, m, s in runs],
+        "per_case": [f"results/{d}/{m}/seed{s}/per_case.csv" for d, m, s in runs],
+    }
+
+
+def table_files():
+    names = table_names(config, run_datasets())
+    return [f"results/tables/{n}.{ext}" for n in names for ext in ("csv", "md", "tex", "html")]
+
+
+FIGURE5 = ["gflops", "params", "latency"]
+
+
+def figure_files():
+    return [f"results/figures/figure5_{x}.{ext}" for x in FIGURE5 for ext in ("png", "pdf")]
+
+
+def stats_files():
+    return [f"results/tables/stats_{d}.csv" for d in run_datasets()]

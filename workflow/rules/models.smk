@@ -15,8 +15,8 @@ rule profile:
     log:
         "logs/profile/{dataset}/{model}/{device}.log",
     params:
-        arch=paper_arch,
-        settings=config["profile"],
+        spec=paper_spec,
+        settings=profile_settings,
     wildcard_constraints:
         device="cpu|cuda",
     resources:

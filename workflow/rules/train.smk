@@ -6,6 +6,7 @@ rule train:
     output:
         checkpoint="results/{dataset}/{model}/seed{seed}/checkpoint_best.pt",
         log_csv="results/{dataset}/{model}/seed{seed}/log.csv",
+        done="results/{dataset}/{model}/seed{seed}/train_done.json",
     log:
         "logs/train/{dataset}/{model}/seed{seed}.log",
     params:

@@ -3,10 +3,14 @@
 import json
 import sys
 
+import torch
+
 from logvmamba.io import atomic_write_text
-from logvmamba.profiling import profile_model
+from logvmamba.profiling.report import profile_settings
 
 sys.stderr = open(snakemake.log[0], "w")
-s, w = snakemake.params.settings, snakemake.wildcards
-result = profile_model(snakemake.params.arch, w.dataset, device=w.device, size=s["size"], runtime=s["runtime"], runs=s["runs"])
+torch.set_num_threads(snakemake.threads)  # Snakemake runs jobs side by side; one pool per job
+spec, w = snakemake.params.spec, snakemake.wildcards
+result = profile_settings(spec["arch"], w.dataset, w.device, snakemake.params.settings, spec["model_kwargs"],
+                          threads=snakemake.threads)
 atomic_write_text(snakemake.output.json, json.dumps(result, indent=2) + "\n")

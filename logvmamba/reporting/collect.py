@@ -1,0 +1,219 @@
+"""Read the workflow's results into long tables.
+
+- :func:`load_runs`: one value per (dataset, model, seed, metric) from ``summary.json``;
+- :func:`load_cases`: per-case values from ``per_case.csv`` (the region means added);
+- :func:`load_profiles`: parameters, FLOPs, latency and memory from ``profile_<device>.json``;
+- :func:`load_reference`: the published numbers (``results/reference/reference_results.csv``);
+- :func:`provenance`: synthetic or real data, devices, config files and commit.
+
+A missing or malformed file raises :class:`ResultsError` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import pandas as pd
+
+__all__ = [
+    "METRICS", "MAIN_METRIC", "HIGHER_IS_BETTER", "FIGURE_METRIC", "REFERENCE_METRIC", "SOURCES", "ResultsError",
+    "load_runs", "load_cases", "load_profiles", "load_reference", "published", "provenance",
+]
+
+# The table columns of each dataset, the main metric first (the scoring protocols of datasets.md).
+METRICS: dict[str, list[str]] = {
+    "endoscopy": ["DSC", "NSD"],
+    "cell": ["F1", "DSC"],
+    "brats": ["Dice_WT", "Dice_TC", "Dice_ET", "Dice_mean", "HD95_WT", "HD95_TC", "HD95_ET", "HD95_mean"],
+    "acdc": ["Dice_RV", "Dice_MYO", "Dice_LV", "Dice_mean", "HD95_RV", "HD95_MYO", "HD95_LV", "HD95_mean"],
+}
+MAIN_METRIC = {"endoscopy": "DSC", "cell": "F1", "brats": "Dice_mean", "acdc": "Dice_mean"}
+HIGHER_IS_BETTER = {m: not m.startswith("HD95") for ms in METRICS.values() for m in ms}
+# Figure 5 plots Dice on Cell too (the paper's panel), not the table's main F1.
+FIGURE_METRIC = {"endoscopy": "DSC", "cell": "DSC", "brats": "Dice_mean", "acdc": "Dice_mean"}
+# Our metric names -> the reference file's.
+REFERENCE_METRIC = {"DSC": "dsc", "NSD": "nsd", "F1": "f1", "params_M": "params_M", "gflops": "gflops"}
+SOURCES = {
+    "swin-umamba-paper-table": "Swin-UMamba paper tables (arXiv 2402.03302)",
+    "logvmamba-paper-fig5": "LoG-VMamba paper Fig. 5, read off the plot (approximate)",
+}
+MEAN_OF = {"Dice_mean": "Dice_", "HD95_mean": "HD95_"}
+
+
+class ResultsError(ValueError):
+    """A result file that is missing or cannot be read."""
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: file not found (run the workflow target that makes it)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ResultsError(f"{path}: not valid JSON ({err})") from None
+
+
+def _run_dir(root: Path, dataset: str, model: str, seed: int) -> Path:
+    return root / dataset / model / f"seed{seed}"
+
+
+def load_runs(root: str | Path, grid: Iterable[tuple[str, str, int]]) -> pd.DataFrame:
+    """Columns ``dataset, model, seed, metric, value, synthetic`` for the runs of ``grid``."""
+    rows = []
+    for dataset, model, seed in grid:
+        path = _run_dir(Path(root), dataset, model, seed) / "summary.json"
+        summary = _read_json(path)
+        for metric in METRICS[dataset]:
+            value = summary.get(metric)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ResultsError(f"{path}: no numeric {metric!r}")
+            rows.append(dict(dataset=dataset, model=model, seed=int(seed), metric=metric, value=float(value),
+                             synthetic=bool(summary.get("synthetic"))))
+    return pd.DataFrame(rows, columns=["dataset", "model", "seed", "metric", "value", "synthetic"])
+
+
+def load_cases(root: str | Path, grid: Iterable[tuple[str, str, int]]) -> pd.DataFrame:
+    """Columns ``dataset, model, seed, case_id, metric, value``; BraTS/ACDC region means per case."""
+    frames = []
+    for dataset, model, seed in grid:
+        path = _run_dir(Path(root), dataset, model, seed) / "per_case.csv"
+        try:
+            table = pd.read_csv(path, dtype={"case_id": str})
+        except FileNotFoundError:
+            raise ResultsError(f"{path}: file not found (run the workflow target that makes it)") from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise ResultsError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from None
+        for name, prefix in MEAN_OF.items():
+            if name in METRICS[dataset]:
+                parts = [c for c in table.columns if c.startswith(prefix)]
+                table[name] = table[parts].mean(axis=1, skipna=False)
+        missing = [m for m in METRICS[dataset] if m not in table.columns]
+        if "case_id" not in table.columns or missing:
+            raise ResultsError(f"{path}: missing columns {(['case_id'] if 'case_id' not in table else []) + missing}")
+        long = table.melt(id_vars="case_id", value_vars=METRICS[dataset], var_name="metric", value_name="value")
+        frames.append(long.assign(dataset=dataset, model=model, seed=int(seed)))
+    columns = ["dataset", "model", "seed", "case_id", "metric", "value"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def _median_ms(runtime: Mapping | None, mode: str) -> float:
+    entry = (runtime or {}).get(mode) or {}
+    median = (entry.get("latency_s") or {}).get("median")
+    return float(median) * 1e3 if median is not None else math.nan
+
+
+def _peak_mib(runtime: Mapping | None, mode: str) -> float:
+    memory = ((runtime or {}).get(mode) or {}).get("memory") or {}
+    value = memory.get("peak_increase_bytes")
+    return float(value) / 2**20 if value is not None else math.nan
+
+
+def _load(value) -> float:
+    """The 1-minute load average of a profile's provenance (a list or a "1.0 0.5 0.2" string)."""
+    if isinstance(value, str):
+        value = value.replace(",", " ").split()
+    try:
+        return float(value[0])
+    except (TypeError, ValueError, IndexError):
+        return math.nan
+
+
+def _size(spec: Mapping | None) -> str:
+    return "x".join(map(str, spec["img_size"])) if spec else ""
+
+
+def load_profiles(root: str | Path, pairs: Iterable[tuple[str, str]], devices: Sequence[str]) -> pd.DataFrame:
+    """One row per (dataset, model, device): params, GFLOPs, latency (ms) and peak memory (MiB)."""
+    rows = []
+    for dataset, model in pairs:
+        for device in devices:
+            path = Path(root) / dataset / model / f"profile_{device}.json"
+            prof = _read_json(path)
+            try:
+                flops = prof.get("flops") or {}
+                runtime = prof.get("runtime")
+                info = prof.get("provenance") or {}
+                rows.append(dict(
+                    dataset=dataset, model=model, device=device, arch=prof["model"],
+                    params_M=prof["params"]["total"] / 1e6,
+                    gflops=float(flops["gflops"]) if flops.get("gflops") is not None else math.nan,
+                    flops_input=_size(prof.get("input")),
+                    runtime_input=_size(prof.get("runtime_input")) if runtime else "",
+                    latency_inference_ms=_median_ms(runtime, "inference"),
+                    latency_train_ms=_median_ms(runtime, "train"),
+                    memory_inference_MiB=_peak_mib(runtime, "inference"),
+                    memory_train_MiB=_peak_mib(runtime, "train"),
+                    device_name=info.get("gpu") or info.get("cpu") or device,
+                    threads=info.get("threads"),
+                    load=_load(info.get("load_average")),
+                    commit=info.get("git_commit"),
+                ))
+            except (KeyError, TypeError, ValueError) as err:
+                raise ResultsError(f"{path}: not a profile of the suite ({type(err).__name__}: {err})") from None
+    return pd.DataFrame(rows)
+
+
+def load_reference(path: str | Path) -> pd.DataFrame:
+    """The published numbers: ``source, dataset, method, metric, value, note``."""
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype={"note": str})
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: file not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ResultsError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from None
+    missing = {"source", "dataset", "method", "metric", "value"} - set(table.columns)
+    if missing:
+        raise ResultsError(f"{path}: missing columns {sorted(missing)}")
+    table["value"] = pd.to_numeric(table["value"], errors="coerce")
+    return table
+
+
+def published(reference: pd.DataFrame, dataset: str, model: str, metric: str, source: str) -> float:
+    """A published value (our metric name) or NaN."""
+    name = REFERENCE_METRIC.get(metric)
+    hit = reference[(reference.source == source) & (reference.dataset == dataset)
+                    & (reference.method == model) & (reference.metric == name)]
+    return float(hit.value.iloc[0]) if len(hit) else math.nan
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        res = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
+def provenance(root: str | Path, grid: Sequence[tuple[str, str, int]], configs: Sequence[str],
+               profiles: pd.DataFrame | None = None) -> dict:
+    """Where the numbers came from: data kind, training and profiling devices, configs, commit."""
+    from logvmamba.config import ROOT
+
+    synthetic, devices = set(), set()
+    for dataset, model, seed in grid:
+        run = _run_dir(Path(root), dataset, model, seed)
+        synthetic.add(bool(_read_json(run / "summary.json").get("synthetic")))
+        done = run / "train_done.json"
+        if done.is_file():
+            info = _read_json(done)
+            if info.get("device_name"):
+                world = info.get("world_size") or 1
+                name = info["device_name"] if info.get("device") == "cuda" else f"cpu ({info['device_name']})"
+                devices.add(name + (f" x{world}" if world > 1 else ""))
+    commit = _git(ROOT, "rev-parse", "--short", "HEAD")
+    dirty = _git(ROOT, "status", "--porcelain", "--untracked-files=no")
+    data = "mixed synthetic and real" if len(synthetic) > 1 else ("synthetic" if synthetic == {True} else "real")
+    profile_devices = sorted({f"{r.device}: {r.device_name}" for r in profiles.itertuples()}) if profiles is not None and len(profiles) else []
+    return {
+        "data": data,
+        "train_devices": sorted(devices) or ["unknown"],
+        "profile_devices": profile_devices,
+        "configs": [Path(c).name for c in configs],
+        "commit": (commit or "unknown") + ("+dirty" if dirty else ""),
+        "runs": len(grid),
+    }

@@ -1,0 +1,246 @@
+"""Statistics for the result tables: bootstrap CIs over test cases, paired Wilcoxon tests, Holm.
+
+The input is the long "cases" table, one row per held-out case, metric and
+seed: ``dataset, model, seed, case_id, metric, value``. Scores are first
+averaged over seeds per case (:func:`case_means`); a model's confidence
+interval is a percentile bootstrap of the mean over cases, and each baseline
+is compared with the reference model by a two-sided Wilcoxon signed-rank
+test on the cases both have, Holm-adjusted over the baselines of a metric
+(:func:`dataset_statistics`). Non-finite values (NaN, inf) count as missing.
+
+Examples::
+
+    >>> import pandas as pd
+    >>> cases = pd.DataFrame({
+    ...     "dataset": "acdc", "model": ["logvmamba"] * 3 + ["unet"] * 3, "seed": 0,
+    ...     "case_id": ["a", "b", "c"] * 2, "metric": "Dice",
+    ...     "value": [0.9, 0.8, 0.85, 0.7, 0.75, 0.8]})
+    >>> table = dataset_statistics(cases, "logvmamba", {"Dice": True}, n_boot=1000)
+    >>> table[["model", "n_pairs", "p_value"]].values.tolist()
+    [['logvmamba', <NA>, nan], ['unet', 3, 0.25]]
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from logvmamba.io import atomic_write
+
+__all__ = [
+    "CASE_COLUMNS",
+    "STATISTICS_COLUMNS",
+    "bootstrap_ci",
+    "case_means",
+    "dataset_statistics",
+    "holm",
+    "paired_wilcoxon",
+    "write_statistics",
+]
+
+CASE_COLUMNS = ("dataset", "model", "seed", "case_id", "metric", "value")
+STATISTICS_COLUMNS = (
+    "dataset", "model", "metric", "n_cases", "n_seeds", "mean", "ci_low", "ci_high",
+    "reference", "n_pairs", "diff", "statistic", "p_value", "p_holm", "better",
+)
+_ALPHA = 0.05
+# Bootstrap index matrices are drawn in chunks of about this many entries.
+_CHUNK = 1 << 20
+
+
+def _as_1d(values) -> np.ndarray:
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1:
+        raise ValueError(f"expected a 1-D array, got shape {x.shape}")
+    return x
+
+
+def bootstrap_ci(values, level: float = 0.95, n_boot: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean.
+
+    Args:
+        values: 1-D scores; non-finite entries are dropped first.
+        level: Coverage, in (0, 1).
+        n_boot: Number of resamples.
+        seed: Seed of ``np.random.default_rng``; the same seed gives the same interval.
+
+    Returns:
+        ``(low, high)``; ``(nan, nan)`` without values, ``(v, v)`` for a single value.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    x = _as_1d(values)
+    x = x[np.isfinite(x)]
+    n = x.size
+    if n == 0:
+        return float("nan"), float("nan")
+    if n == 1:
+        return float(x[0]), float(x[0])
+    rng = np.random.default_rng(seed)
+    rows = max(1, _CHUNK // n)
+    means = np.concatenate([
+        x[rng.integers(0, n, size=(min(rows, n_boot - start), n))].mean(axis=1)
+        for start in range(0, n_boot, rows)
+    ])
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def paired_wilcoxon(a, b) -> dict:
+    """Two-sided Wilcoxon signed-rank test of ``a - b`` over the pairs where both are finite.
+
+    Returns:
+        ``n``, ``mean_diff``, ``median_diff``, ``statistic`` and ``p_value``. Without
+        pairs everything but ``n`` is NaN; when every difference is zero the
+        statistic is NaN and ``p_value`` is 1 (identical scores are no evidence
+        of a difference).
+    """
+    a, b = _as_1d(a), _as_1d(b)
+    if a.shape != b.shape:
+        raise ValueError(f"paired samples must have equal length, got {a.size} and {b.size}")
+    keep = np.isfinite(a) & np.isfinite(b)
+    d = a[keep] - b[keep]
+    out = {"n": int(d.size), "mean_diff": float("nan"), "median_diff": float("nan"),
+           "statistic": float("nan"), "p_value": float("nan")}
+    if d.size == 0:
+        return out
+    out.update(mean_diff=float(d.mean()), median_diff=float(np.median(d)))
+    if not d.any():
+        out["p_value"] = 1.0
+        return out
+    result = stats.wilcoxon(d)
+    out.update(statistic=float(result.statistic), p_value=float(result.pvalue))
+    return out
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values, in the input order; NaN entries stay NaN and are not counted."""
+    p = _as_1d(pvalues)
+    valid = ~np.isnan(p)
+    if ((p[valid] < 0) | (p[valid] > 1)).any():
+        raise ValueError(f"p-values must lie in [0, 1], got {p[valid].tolist()}")
+    out = np.full(p.shape, np.nan)
+    index = np.flatnonzero(valid)
+    order = index[np.argsort(p[index], kind="stable")]
+    m = order.size
+    # The step-down adjustment is made monotone by a running maximum.
+    adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+def _check_columns(cases: pd.DataFrame) -> None:
+    missing = [c for c in CASE_COLUMNS if c not in cases.columns]
+    if missing:
+        raise ValueError(f"cases table lacks columns {missing}; it has {list(cases.columns)}")
+
+
+def case_means(cases: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds per ``(dataset, model, metric, case_id)``.
+
+    Returns:
+        Columns ``dataset, model, metric, case_id, value, n_seeds``, groups in
+        first-appearance order; ``n_seeds`` counts the seeds with a finite
+        value, ``value`` is NaN where there is none.
+    """
+    _check_columns(cases)
+    keys = ["dataset", "model", "metric", "case_id"]
+    duplicated = cases.duplicated(keys + ["seed"])
+    if duplicated.any():
+        first = cases.loc[duplicated, keys + ["seed"]].iloc[0].to_dict()
+        raise ValueError(f"cases table has more than one row for {first}")
+    value = cases["value"].astype(float)
+    value = value.where(np.isfinite(value))
+    frame = cases[keys].assign(seed=cases["seed"], value=value)
+    # Summing in seed order makes identical scores give bit-identical means, whatever the row order.
+    frame = frame.sort_values("seed", kind="stable")
+    frame["finite_seed"] = frame["seed"].where(frame["value"].notna())
+    out = frame.groupby(keys, sort=False).agg(value=("value", "mean"), n_seeds=("finite_seed", "nunique"))
+    out = out.reindex(pd.MultiIndex.from_frame(cases[keys].drop_duplicates()))
+    return out.reset_index().astype({"n_seeds": int})
+
+
+def _better(diff: float, p_holm: float, higher_is_better: bool) -> str:
+    if not (p_holm < _ALPHA and np.isfinite(diff) and diff != 0):
+        return ""
+    return "reference" if (diff > 0) == higher_is_better else "model"
+
+
+def dataset_statistics(cases: pd.DataFrame, reference: str, higher_is_better: Mapping[str, bool],
+                       level: float = 0.95, n_boot: int = 10000, seed: int = 0) -> pd.DataFrame:
+    """Per model and metric of one dataset: mean over cases, bootstrap CI, and the test against ``reference``.
+
+    Args:
+        cases: One dataset's cases table (columns :data:`CASE_COLUMNS`).
+        reference: The model every other model is compared with.
+        higher_is_better: Direction of every metric in ``cases``.
+        level, n_boot, seed: Passed to :func:`bootstrap_ci`.
+
+    Returns:
+        Columns :data:`STATISTICS_COLUMNS`, one row per (model, metric): metrics
+        in first-appearance order, within each the reference first, then the
+        other models in first-appearance order. ``diff`` is the mean of
+        reference minus model over the cases both have (paired by ``case_id``);
+        ``p_holm`` is adjusted over the baselines of the metric; ``better`` is
+        ``"reference"``, ``"model"`` or ``""`` (``p_holm`` not below 0.05). The
+        test columns are NaN and ``n_pairs`` is ``<NA>`` on the reference row.
+    """
+    _check_columns(cases)
+    datasets = list(pd.unique(cases["dataset"]))
+    if len(datasets) != 1:
+        raise ValueError(f"dataset_statistics takes one dataset's cases, got datasets {datasets}")
+    models = list(pd.unique(cases["model"]))
+    if reference not in models:
+        raise ValueError(f"reference model {reference!r} is not in the cases; models present: {models}")
+    metrics = list(pd.unique(cases["metric"]))
+    unknown = [m for m in metrics if m not in higher_is_better]
+    if unknown:
+        raise ValueError(f"higher_is_better has no direction for metrics {unknown}")
+
+    means = case_means(cases)
+    # Sorted by case_id so that the bootstrap does not depend on the row order of ``cases``.
+    per_case = {key: group.set_index("case_id")["value"].sort_index()
+                for key, group in means.groupby(["model", "metric"], sort=False)}
+    empty = pd.Series(dtype=float)
+    n_seeds = cases.groupby("model")["seed"].nunique()
+    order = [reference] + [m for m in models if m != reference]
+
+    rows = []
+    for metric in metrics:
+        ref = per_case.get((reference, metric), empty)
+        block = []
+        for model in order:
+            scores = per_case.get((model, metric), empty)
+            low, high = bootstrap_ci(scores.to_numpy(), level=level, n_boot=n_boot, seed=seed)
+            row = {"dataset": datasets[0], "model": model, "metric": metric,
+                   "n_cases": int(scores.notna().sum()), "n_seeds": int(n_seeds[model]),
+                   "mean": float(scores.mean()), "ci_low": low, "ci_high": high,
+                   "reference": reference, "n_pairs": pd.NA, "diff": float("nan"),
+                   "statistic": float("nan"), "p_value": float("nan")}
+            if model != reference:
+                a, b = ref.align(scores, join="inner")
+                test = paired_wilcoxon(a.to_numpy(), b.to_numpy())
+                row.update(n_pairs=test["n"], diff=test["mean_diff"],
+                           statistic=test["statistic"], p_value=test["p_value"])
+            block.append(row)
+        adjusted = holm([row["p_value"] for row in block[1:]])
+        block[0].update(p_holm=float("nan"), better="")
+        for row, p in zip(block[1:], adjusted):
+            row.update(p_holm=float(p), better=_better(row["diff"], p, bool(higher_is_better[metric])))
+        rows.extend(block)
+    return pd.DataFrame(rows, columns=list(STATISTICS_COLUMNS)).astype({"n_pairs": "Int64"})
+
+
+def write_statistics(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write ``df`` as CSV atomically (floats to 6 significant digits); return the path."""
+    with atomic_write(path) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.6g")
+    return Path(path)
