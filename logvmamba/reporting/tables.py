@@ -329,7 +329,7 @@ def _tex_escape(text: str) -> str:
     out = text
     for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("#", r"\#"), ("_", r"\_"),
                  ("±", r"$\pm$"), ("†", r"$^\dagger$"), ("↓", r"$\downarrow$"), ("↑", r"$\uparrow$"),
-                 ("−", "$-$"), ("–", "--"), ("≥", r"$\geq$")):
+                 ("−", "$-$"), ("–", "--"), ("≥", r"$\geq$"), ("<", "$<$"), (">", "$>$")):
         out = out.replace(a, b)
     return out
 
