@@ -162,10 +162,14 @@ def run_grid(config: Mapping, dataset: str | None = None, ablations: bool = True
 
 
 def check_models(config: Mapping) -> None:
-    """Raise :class:`ConfigError` for a configured model with no registered architecture."""
+    """Raise :class:`ConfigError` for a configured model with no registered architecture, or a
+    report reference model that the config does not train."""
     from logvmamba import list_models
 
     known = set(list_models())
+    reference = (config.get("report") or {}).get("reference", "logvmamba")
+    if reference not in config["models"]:
+        raise ConfigError(f"report: reference {reference!r} is not one of models: {', '.join(config['models'])}")
     for model in config_models(config):
         arch = _entry(config, model).get("arch", model)
         archs = arch.values() if isinstance(arch, Mapping) else [arch]

@@ -1,16 +1,26 @@
 """Tables, statistics and Figure 5 from a results folder; recipe inheritance of the ablation variants."""
 
 import json
-import math
-import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from logvmamba.config import ConfigError, ROOT, load_config, model_label, model_spec, resolve_recipe, run_grid
+from logvmamba.config import (
+    ROOT,
+    ConfigError,
+    load_config,
+    model_label,
+    model_spec,
+    resolve_recipe,
+    run_grid,
+)
 from logvmamba.reporting.collect import METRICS, ResultsError, load_runs
-from logvmamba.reporting.report import figure_points, statistics_from_results, tables_from_results
+from logvmamba.reporting.report import (
+    figure_points,
+    statistics_from_results,
+    tables_from_results,
+)
 from logvmamba.reporting.tables import table_names
 
 REFERENCE = ROOT / "results" / "reference" / "reference_results.csv"
@@ -213,6 +223,15 @@ def test_recipe_bases_fail_clearly():
     config["recipes"]["orphan"] = {"base": "nothing_here"}
     with pytest.raises(ConfigError, match="nothing_here"):
         model_spec(config, "orphan", "endoscopy")
+
+
+def test_a_reference_model_that_is_not_trained_fails_at_dag_time():
+    from logvmamba.config import check_models
+
+    config = small_config(models=["nnunet"])
+    with pytest.raises(ConfigError, match="reference 'logvmamba' is not one of models: nnunet"):
+        check_models(config)
+    check_models(dict(config, report={"reference": "nnunet"}, ablations={}))
 
 
 def test_run_grid_adds_the_ablations_on_their_datasets():

@@ -18,7 +18,6 @@ has registered yet are listed as ``not registered``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 from typing import Optional, Sequence
@@ -56,24 +55,18 @@ def load_published(path: str | Path, source: str) -> dict[tuple[str, str], dict[
     """Published ``params_M`` / ``gflops`` of ``source``: (dataset, method) -> {metric: value text}, in file order.
 
     Raises:
-        FileNotFoundError: no file; ValueError: missing columns or no such source.
+        ValueError: no readable file, missing columns (:class:`~logvmamba.reporting.collect.ResultsError`)
+        or no such source.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: reference results not found")
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"source", "dataset", "method", "metric", "value"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path}: missing columns {sorted(missing)}")
-        rows = list(reader)
-    sources = sorted({r["source"] for r in rows})
+    from logvmamba.reporting.collect import load_reference
+
+    table = load_reference(path)
+    sources = sorted(set(table.source))
     if source not in sources:
         raise ValueError(f"{path}: no rows of source {source!r}; sources: {', '.join(sources)}")
     out: dict[tuple[str, str], dict[str, str]] = {}
-    for r in rows:
-        if r["source"] == source and r["metric"] in METRICS:
-            out.setdefault((r["dataset"], r["method"]), {})[r["metric"]] = r["value"].strip()
+    for r in table[(table.source == source) & table.metric.isin(METRICS)].itertuples():
+        out.setdefault((r.dataset, r.method), {})[r.metric] = r.value_text
     return out
 
 

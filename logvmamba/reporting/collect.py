@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -158,10 +157,11 @@ def load_profiles(root: str | Path, pairs: Iterable[tuple[str, str]], devices: S
 
 
 def load_reference(path: str | Path) -> pd.DataFrame:
-    """The published numbers: ``source, dataset, method, metric, value, note``."""
+    """The published numbers: ``source, dataset, method, metric, value, note`` plus ``value_text``
+    (the value as printed in the source, for its decimals)."""
     path = Path(path)
     try:
-        table = pd.read_csv(path, dtype={"note": str})
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except FileNotFoundError:
         raise ResultsError(f"{path}: file not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
@@ -169,7 +169,8 @@ def load_reference(path: str | Path) -> pd.DataFrame:
     missing = {"source", "dataset", "method", "metric", "value"} - set(table.columns)
     if missing:
         raise ResultsError(f"{path}: missing columns {sorted(missing)}")
-    table["value"] = pd.to_numeric(table["value"], errors="coerce")
+    table["value_text"] = table["value"].str.strip()
+    table["value"] = pd.to_numeric(table["value_text"], errors="coerce")
     return table
 
 
@@ -181,18 +182,10 @@ def published(reference: pd.DataFrame, dataset: str, model: str, metric: str, so
     return float(hit.value.iloc[0]) if len(hit) else math.nan
 
 
-def _git(root: Path, *args: str) -> str | None:
-    try:
-        res = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return res.stdout.strip() if res.returncode == 0 else None
-
-
 def provenance(root: str | Path, grid: Sequence[tuple[str, str, int]], configs: Sequence[str],
                profiles: pd.DataFrame | None = None) -> dict:
     """Where the numbers came from: data kind, training and profiling devices, configs, commit."""
-    from logvmamba.config import ROOT
+    from logvmamba.profiling.report import _git
 
     synthetic, devices = set(), set()
     for dataset, model, seed in grid:
@@ -205,8 +198,8 @@ def provenance(root: str | Path, grid: Sequence[tuple[str, str, int]], configs: 
                 world = info.get("world_size") or 1
                 name = info["device_name"] if info.get("device") == "cuda" else f"cpu ({info['device_name']})"
                 devices.add(name + (f" x{world}" if world > 1 else ""))
-    commit = _git(ROOT, "rev-parse", "--short", "HEAD")
-    dirty = _git(ROOT, "status", "--porcelain", "--untracked-files=no")
+    commit = _git("rev-parse", "--short", "HEAD")
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
     data = "mixed synthetic and real" if len(synthetic) > 1 else ("synthetic" if synthetic == {True} else "real")
     profile_devices = sorted({f"{r.device}: {r.device_name}" for r in profiles.itertuples()}) if profiles is not None and len(profiles) else []
     return {

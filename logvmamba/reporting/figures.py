@@ -344,30 +344,16 @@ def build_efficiency_figure(
     return fig
 
 
-def efficiency_figure(
-    points: pd.DataFrame,
-    published: pd.DataFrame | None,
-    out_png: str | os.PathLike,
-    out_pdf: str | os.PathLike,
-    *,
-    x_label: str,
-    y_labels: Mapping[str, str],
-    titles: Mapping[str, str],
-    labels: Mapping[str, str],
-    reference: str = "logvmamba",
-    annotate: Sequence[str] = (),
-    caption: str = "",
-    datasets: Sequence[str] | None = None,
-    log_x: bool = False,
-) -> tuple[Path, Path]:
+def efficiency_figure(points: pd.DataFrame, published: pd.DataFrame | None, out_png: str | os.PathLike,
+                      out_pdf: str | os.PathLike, **options) -> tuple[Path, Path]:
     """Draw accuracy against cost per dataset and write it atomically as PNG and PDF.
+
+    ``options`` are :func:`build_efficiency_figure`'s keywords.
 
     Raises:
         ValueError: ``points`` (or a non-empty ``published``) lacks a required column.
     """
-    fig = build_efficiency_figure(points, published, x_label=x_label, y_labels=y_labels, titles=titles,
-                                  labels=labels, reference=reference, annotate=annotate, caption=caption,
-                                  datasets=datasets, log_x=log_x)
+    fig = build_efficiency_figure(points, published, **options)
     out_png, out_pdf = Path(out_png), Path(out_pdf)
     # The temporary names end in .tmp, so the format is given explicitly; no dates or
     # version strings in the metadata keep reruns byte-identical.

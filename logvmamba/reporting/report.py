@@ -8,8 +8,16 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from logvmamba.reporting.collect import (FIGURE_METRIC, HIGHER_IS_BETTER, load_cases, load_profiles, load_reference,
-                                         load_runs, provenance, published)
+from logvmamba.reporting.collect import (
+    FIGURE_METRIC,
+    HIGHER_IS_BETTER,
+    load_cases,
+    load_profiles,
+    load_reference,
+    load_runs,
+    provenance,
+    published,
+)
 
 __all__ = ["statistics_from_results", "tables_from_results", "figures_from_results", "figure_points", "FIGURE_AXES"]
 
@@ -118,7 +126,7 @@ def figures_from_results(config: Mapping, root: str | Path, reference_csv, confi
     from logvmamba.reporting.figures import efficiency_figure
     from logvmamba.reporting.tables import TITLES
 
-    grid, runs, profiles, reference, prov = _collect(config, root, reference_csv, configs, ablations=False)
+    _, runs, profiles, reference, prov = _collect(config, root, reference_csv, configs, ablations=False)
     models = list(config["models"])
     settings = config.get("report", {})
     device = settings.get("device", config["profile"]["devices"][0])

@@ -49,8 +49,6 @@ STATISTICS_COLUMNS = (
     "reference", "n_pairs", "diff", "statistic", "p_value", "p_holm", "better",
 )
 _ALPHA = 0.05
-# Bootstrap index matrices are drawn in chunks of about this many entries.
-_CHUNK = 1 << 20
 
 
 def _as_1d(values) -> np.ndarray:
@@ -83,15 +81,9 @@ def bootstrap_ci(values, level: float = 0.95, n_boot: int = 10000, seed: int = 0
         return float("nan"), float("nan")
     if n == 1:
         return float(x[0]), float(x[0])
-    rng = np.random.default_rng(seed)
-    rows = max(1, _CHUNK // n)
-    means = np.concatenate([
-        x[rng.integers(0, n, size=(min(rows, n_boot - start), n))].mean(axis=1)
-        for start in range(0, n_boot, rows)
-    ])
-    tail = (1 - level) / 2
-    low, high = np.quantile(means, [tail, 1 - tail])
-    return float(low), float(high)
+    res = stats.bootstrap((x,), np.mean, n_resamples=n_boot, confidence_level=level, method="percentile",
+                                rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def paired_wilcoxon(a, b) -> dict:

@@ -19,7 +19,13 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from logvmamba.io import atomic_write_text
-from logvmamba.reporting.collect import HIGHER_IS_BETTER, MAIN_METRIC, METRICS, SOURCES, published
+from logvmamba.reporting.collect import (
+    HIGHER_IS_BETTER,
+    MAIN_METRIC,
+    METRICS,
+    SOURCES,
+    published,
+)
 
 __all__ = ["Column", "Table", "table_names", "build_tables", "write_tables", "render_markdown", "render_latex",
            "render_html", "render_csv"]
@@ -185,12 +191,13 @@ def _model_table(name, title, datasets, models, metrics, runs, profiles, stats, 
 def _efficiency_table(profiles, reference, config, prov) -> Table:
     from logvmamba.config import model_label
 
-    cols = [Column("params_M", "Params (M)", 2, higher=False)]
-    cols += [Column(f"params_M_pub_{SOURCE_TAGS[s]}", f"pub. [{SOURCE_TAGS[s]}]", 0, source=s) for s in SOURCES
-             if (reference.metric == "params_M").any() and (reference[reference.metric == "params_M"].source == s).any()]
-    cols += [Column("gflops", "GFLOPs", 1, higher=False)]
-    cols += [Column(f"gflops_pub_{SOURCE_TAGS[s]}", f"pub. [{SOURCE_TAGS[s]}]", 1, source=s) for s in SOURCES
-             if (reference[reference.metric == "gflops"].source == s).any()]
+    def published_columns(metric: str, decimals: int) -> list[Column]:
+        sources = dict.fromkeys(reference[reference.metric == metric].source)
+        return [Column(f"{metric}_pub_{SOURCE_TAGS[s]}", f"pub. [{SOURCE_TAGS[s]}]", decimals, source=s)
+                for s in SOURCES if s in sources]
+
+    cols = [Column("params_M", "Params (M)", 2, higher=False), *published_columns("params_M", 0),
+            Column("gflops", "GFLOPs", 1, higher=False), *published_columns("gflops", 1)]
     cols += [Column("latency_inference_ms", "Inference (ms)", 1, higher=False),
              Column("memory_inference_MiB", "Inference peak (MiB)", 0, higher=False),
              Column("latency_train_ms", "Train step (ms)", 1, higher=False),
@@ -270,10 +277,11 @@ def build_tables(config: Mapping, runs: pd.DataFrame, profiles: pd.DataFrame, st
             tables.append(_model_table(name, title, ds, abl[kind], ABLATION_METRICS, runs, profiles, stats, reference,
                                        config, prov))
         elif name == "efficiency":
-            order = {m: i for i, m in enumerate(list(config["models"]) + ablation_models(config))}
-            ordered = profiles.assign(_o=profiles.model.map(order)).sort_values(["dataset", "device", "_o"], kind="stable")
-            ordered = ordered.assign(_d=ordered.dataset.map({d: i for i, d in enumerate(datasets)}))
-            tables.append(_efficiency_table(ordered.sort_values(["_d", "device", "_o"], kind="stable"), reference, config, prov))
+            models = {m: i for i, m in enumerate(list(config["models"]) + ablation_models(config))}
+            rank = {d: i for i, d in enumerate(datasets)}
+            ordered = profiles.assign(_d=profiles.dataset.map(rank), _m=profiles.model.map(models)).sort_values(
+                ["_d", "device", "_m"], kind="stable")
+            tables.append(_efficiency_table(ordered, reference, config, prov))
         else:
             tables.append(_statistics_table(stats, config, prov))
     return tables

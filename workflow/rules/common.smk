@@ -40,7 +40,7 @@ def paper_spec(wildcards):
     return {"arch": arch, "model_kwargs": kwargs}
 
 
-def profile_settings(wildcards):
+def profile_params(wildcards):
     """The config's profile settings; no timing for a model outside ``runtime_models``."""
     settings = dict(config["profile"])
     timed = settings.pop("runtime_models", None)
@@ -54,7 +54,7 @@ def gpu_count(wildcards):
 
 
 def run_files(wildcards):
-    """Summaries, per-case scores and training records of every run on one dataset."""
+    """Summaries and per-case scores of every run on one dataset."""
     runs = run_grid(wildcards.dataset)
     return {
         "summaries": [f"results/{d}/{m}/seed{s}/summary.json" for d, m, s in runs],

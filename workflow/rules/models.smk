@@ -16,7 +16,7 @@ rule profile:
         "logs/profile/{dataset}/{model}/{device}.log",
     params:
         spec=paper_spec,
-        settings=profile_settings,
+        settings=profile_params,
     wildcard_constraints:
         device="cpu|cuda",
     resources:
