@@ -327,9 +327,9 @@ def train(
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    from logvmamba.bench.scan import _cpu_model
+    from logvmamba.provenance import cpu_model
 
-    return _cpu_model() or "cpu"
+    return cpu_model() or "cpu"
 
 
 def _state(model, recipe, ds, seed, epoch, best, log, optimizer=None, scaler=None) -> dict:

@@ -32,18 +32,17 @@ a shared machine other processes only ever add time.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
-import resource
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from typing import Optional
+
+from logvmamba.measure import peak_during, timed
+from logvmamba.provenance import environment, load_average, mem_available
 
 __all__ = ["main", "measure", "provenance"]
 
@@ -93,24 +92,8 @@ def _mambapy_scan(u, delta, A, B, C, D, delta_bias):
     return y.transpose(1, 2)
 
 
-def _rss_kib(field: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
 
 
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def measure(backend: str, length: int, pass_: str, batch: int, dim: int, state: int,
@@ -146,40 +129,15 @@ def measure(backend: str, length: int, pass_: str, batch: int, dim: int, state: 
     gy = torch.ones(batch, dim, length, device=device)
     del tiny
 
-    peak, method = _peak_during(lambda: call(x, gy), device)
-    times = _timed(lambda: call(x, gy), repeat, budget)
+    peak, method = peak_during(lambda: call(x, gy), device)
+    times = timed(lambda: call(x, gy), repeat, budget)
     return {"backend": backend, "length": length, "pass": pass_, "seconds": min(times),
             "median_seconds": statistics.median(times), "calls": len(times), "peak_bytes": peak,
             "memory_method": method}
 
 
-def _timed(fn, repeat: int, budget: float) -> list[float]:
-    """Times ``fn`` up to ``repeat`` times, stopping once ``budget`` seconds are spent."""
-    times: list[float] = []
-    while len(times) < max(1, repeat) and (not times or sum(times) < budget):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
-def _peak_during(fn, device: str) -> tuple[int, str]:
-    """Runs ``fn`` once; the increase of memory it caused at its peak (see module docstring)."""
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        fn()
-        return torch.cuda.max_memory_allocated() - before, "cuda.max_memory_allocated"
-    before = _rss_kib("VmRSS") or 0
-    if _reset_peak() and _rss_kib("VmHWM") is not None:
-        fn()
-        return max(0, _rss_kib("VmHWM") - before) * 1024, "VmHWM-RSS"
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    fn()
-    return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024, "ru_maxrss"
 
 
 # End-to-end models: (name, img_size, in_channels, out_channels), as the brief's
@@ -224,8 +182,8 @@ def measure_step(model: str, backend: str, device: str, repeat: int, threads: in
     t0 = time.perf_counter()
     step()  # first step: allocations, thread pools, lazy builds
     first = time.perf_counter() - t0
-    peak, method = _peak_during(step, device)
-    times = _timed(step, repeat, budget)
+    peak, method = peak_during(step, device)
+    times = timed(step, repeat, budget)
     return {"model": model, "backend": backend, "scan_backend": resolve_backend("auto", x).name,
             "img_size": list(size), "batch": batch, "seconds": min(times),
             "median_seconds": statistics.median(times), "calls": len(times), "first_seconds": first,
@@ -233,61 +191,15 @@ def measure_step(model: str, backend: str, device: str, repeat: int, threads: in
             "parameters": sum(p.numel() for p in net.parameters())}
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
-def _load_average() -> Optional[str]:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return None
 
 
-def _mem_available() -> Optional[int]:
-    """Bytes of memory available to new processes (CPU), or free on the GPU."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def provenance(device: str, threads: int) -> dict:
-    """Where and with what the figures were made."""
-    import torch
-
-    info = {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
-        "host": socket.gethostname(),
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "load_average": _load_average(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "threads": threads,
-        "device": device,
-    }
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(device)
-    for module in ("mamba_ssm", "triton", "mambapy"):
-        try:
-            mod = __import__(module)
-            info[module] = getattr(mod, "__version__", "installed")
-        except Exception:  # noqa: BLE001 - absent or broken: not installed as far as we care
-            info[module] = None
+    """Where and with what the figures were made (with the fused library's build on CPU)."""
+    info = environment(device, threads)
     if device == "cpu":
         from logvmamba.ops import fused
 
@@ -427,7 +339,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                     rows[(be, p)] = {"skipped": f"skipped above --max-ref-length {args.max_ref_length} "
                                                 "(a Python loop over the sequence)"}
                     continue
-                avail, prev = _mem_available(), last_peak.get((be, p))
+                avail, prev = mem_available(), last_peak.get((be, p))
                 if args.memory_fraction and avail and prev and args.device == "cpu":
                     predicted = prev[1] * length / prev[0]
                     if predicted > args.memory_fraction * avail:
@@ -442,7 +354,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                 if "error" not in r:
                     last_peak[(be, p)] = (length, r["peak_bytes"])
                 results.append(dict(r, backend=be, length=length, **{"pass": p}))
-        print(f"\nL = {length}   (load average {_load_average()})")
+        print(f"\nL = {length}   (load average {load_average()})")
         print(_table(rows, backends), flush=True)
 
     e2e_backends = [be for be in args.e2e_backends if be in available]
@@ -456,7 +368,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
                 r = _run_worker({"step": step, "threads": threads})
                 e2e.append(dict(r, model=model, backend=be))
         print(_e2e_table(e2e), flush=True)
-    print(f"\nload average at the end: {_load_average()}")
+    print(f"\nload average at the end: {load_average()}")
 
     out = {"provenance": info, "config": vars(args) | {"threads": threads, "backends": backends},
            "results": results, "e2e": e2e}

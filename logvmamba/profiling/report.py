@@ -18,10 +18,11 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
+
+from logvmamba.provenance import git_commit
 
 __all__ = ["SCHEMA", "input_spec", "main", "profile_model", "profile_settings", "provenance"]
 
@@ -69,13 +70,6 @@ def input_spec(dataset: str, size: str | Sequence[int] = "paper") -> dict:
     }
 
 
-def _git(*args: str) -> Optional[str]:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        res = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return res.stdout.strip() if res.returncode == 0 else None
 
 
 def provenance(device: str, threads: int) -> dict:
@@ -90,14 +84,13 @@ def provenance(device: str, threads: int) -> dict:
         backend = resolve_backend("auto", torch.empty(0, device=device)).name
     except Exception as err:  # noqa: BLE001 - report, do not fail the profile
         backend = f"unavailable ({err})"
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    commit, dirty = git_commit()
     info.update({
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "scan_backend": backend,
         "scan_env": os.environ.get(SCAN_ENV),
         "git_commit": commit,
-        "git_dirty": None if status is None else bool(status),
+        "git_dirty": dirty,
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
     })
     return info

@@ -33,7 +33,7 @@ import sys
 import time
 from typing import Optional
 
-from logvmamba.bench.scan import _peak_during, _rss_kib
+from logvmamba.measure import peak_during, rss_kib
 
 __all__ = ["MODES", "OPTIMIZERS", "measure", "run_measurement"]
 
@@ -58,18 +58,18 @@ def _optimizer(name: str, params):
 
 
 def _peak_memory(call, device: str) -> dict:
-    """Runs ``call`` once: its peak memory increase (:func:`logvmamba.bench.scan._peak_during`) and absolute peaks."""
+    """Runs ``call`` once: its peak memory increase (:func:`logvmamba.measure.peak_during`) and absolute peaks."""
     import torch
 
     cuda = device.startswith("cuda")
-    before = torch.cuda.memory_allocated() if cuda else (_rss_kib("VmRSS") or 0) * 1024
-    increase, method = _peak_during(call, device)
+    before = torch.cuda.memory_allocated() if cuda else (rss_kib("VmRSS") or 0) * 1024
+    increase, method = peak_during(call, device)
     out = {"method": method, "before_bytes": before, "peak_increase_bytes": increase}
     if cuda:
         out["peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
         out["peak_reserved_bytes"] = torch.cuda.max_memory_reserved()
     elif method == "VmHWM-RSS":
-        out["peak_rss_bytes"] = (_rss_kib("VmHWM") or 0) * 1024
+        out["peak_rss_bytes"] = (rss_kib("VmHWM") or 0) * 1024
     else:
         out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return out

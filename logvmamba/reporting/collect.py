@@ -185,7 +185,7 @@ def published(reference: pd.DataFrame, dataset: str, model: str, metric: str, so
 def provenance(root: str | Path, grid: Sequence[tuple[str, str, int]], configs: Sequence[str],
                profiles: pd.DataFrame | None = None) -> dict:
     """Where the numbers came from: data kind, training and profiling devices, configs, commit."""
-    from logvmamba.profiling.report import _git
+    from logvmamba.provenance import git_commit
 
     synthetic, devices = set(), set()
     for dataset, model, seed in grid:
@@ -198,8 +198,7 @@ def provenance(root: str | Path, grid: Sequence[tuple[str, str, int]], configs: 
                 world = info.get("world_size") or 1
                 name = info["device_name"] if info.get("device") == "cuda" else f"cpu ({info['device_name']})"
                 devices.add(name + (f" x{world}" if world > 1 else ""))
-    commit = _git("rev-parse", "--short", "HEAD")
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    commit, dirty = git_commit(short=True)
     data = "mixed synthetic and real" if len(synthetic) > 1 else ("synthetic" if synthetic == {True} else "real")
     profile_devices = sorted({f"{r.device}: {r.device_name}" for r in profiles.itertuples()}) if profiles is not None and len(profiles) else []
     return {
