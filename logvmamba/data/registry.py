@@ -52,6 +52,15 @@ class DatasetInfo:
         download_note: one line on how the data is obtained.
         synthetic_name: folder name of the synthetic stand-in.
         synthetic_patch_size: training patch for the synthetic stand-in.
+        short_title: the name in table headers and figure panels.
+        scoring: the scoring protocol of :mod:`logvmamba.evaluation.protocols`
+            (``"endovis"``, ``"instances"``, ``"regions"``, ``"classes"``).
+        metrics: the table columns of the dataset, in order.
+        main_metric: the summary key that is the dataset's main score.
+        figure_metric: the score Figure 5 plots (Dice on Cell, as the paper's panel).
+        ablation_metrics: the columns of the ablation tables.
+        instance_labels: whether the dataset ships instance masks
+            (``labelsTr-instance``), which its scoring needs.
     """
 
     key: str
@@ -73,8 +82,15 @@ class DatasetInfo:
     download_note: str
     synthetic_name: str
     synthetic_patch_size: tuple[int, ...]
+    short_title: str
+    scoring: str
+    metrics: tuple[str, ...]
+    main_metric: str
+    figure_metric: str
+    ablation_metrics: tuple[str, ...]
     regions_class_order: tuple[int, ...] | None = None
     alt_nnunet_names: tuple[str, ...] = ()
+    instance_labels: bool = False
 
     def __hash__(self) -> int:
         return hash(self.key)
@@ -117,6 +133,12 @@ _BRATS_LABELS = {
 DATASETS: Mapping[str, DatasetInfo] = MappingProxyType({
     "endoscopy": DatasetInfo(
         key="endoscopy",
+        short_title="Endoscopy",
+        scoring="endovis",
+        metrics=("DSC", "NSD"),
+        main_metric="DSC",
+        figure_metric="DSC",
+        ablation_metrics=("DSC", "NSD"),
         title="MICCAI EndoVis 2017 Robotic Instrument Segmentation",
         nnunet_name="Dataset704_Endovis17",
         spatial_dims=2,
@@ -151,6 +173,13 @@ DATASETS: Mapping[str, DatasetInfo] = MappingProxyType({
     ),
     "cell": DatasetInfo(
         key="cell",
+        short_title="Cell",
+        scoring="instances",
+        metrics=("F1", "DSC"),
+        main_metric="F1",
+        figure_metric="DSC",
+        ablation_metrics=("F1", "DSC"),
+        instance_labels=True,
         title="NeurIPS 2022 Cell Segmentation Challenge",
         nnunet_name="Dataset703_NeurIPSCell",
         spatial_dims=2,
@@ -174,6 +203,12 @@ DATASETS: Mapping[str, DatasetInfo] = MappingProxyType({
     ),
     "brats": DatasetInfo(
         key="brats",
+        short_title="BraTS",
+        scoring="regions",
+        metrics=("Dice_WT", "Dice_TC", "Dice_ET", "Dice_mean", "HD95_WT", "HD95_TC", "HD95_ET", "HD95_mean"),
+        main_metric="Dice_mean",
+        figure_metric="Dice_mean",
+        ablation_metrics=("Dice_mean", "HD95_mean"),
         title="BraTS 2020 brain tumour segmentation (BraTS 2021 also accepted)",
         nnunet_name="Dataset082_BraTS2020",
         alt_nnunet_names=("Dataset137_BraTS2021",),
@@ -198,6 +233,12 @@ DATASETS: Mapping[str, DatasetInfo] = MappingProxyType({
     ),
     "acdc": DatasetInfo(
         key="acdc",
+        short_title="ACDC",
+        scoring="classes",
+        metrics=("Dice_RV", "Dice_MYO", "Dice_LV", "Dice_mean", "HD95_RV", "HD95_MYO", "HD95_LV", "HD95_mean"),
+        main_metric="Dice_mean",
+        figure_metric="Dice_mean",
+        ablation_metrics=("Dice_mean", "HD95_mean"),
         title="ACDC Automated Cardiac Diagnosis Challenge (cine MRI)",
         nnunet_name="Dataset027_ACDC",
         spatial_dims=3,
