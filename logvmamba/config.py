@@ -25,7 +25,12 @@ import yaml
 __all__ = [
     "load_config", "resolve_recipe", "validate_config", "model_arch", "model_spec", "model_label", "supports",
     "check_models", "config_models", "ablation_models", "run_grid", "ConfigError", "ROOT",
+    "dataset_recipe", "weight_recipe", "INFERENCE_KEYS",
 ]
+
+#: Recipe keys that change how a trained model is used or how fast it trains, not its
+#: weights: changing them must never throw a finished training away.
+INFERENCE_KEYS = frozenset({"tta", "overlap", "num_workers", "val_every", "val_cases", "label"})
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -205,15 +210,39 @@ def _merged_recipe(config: Mapping, model: str, key: str) -> dict:
 def resolve_recipe(config: Mapping, model: str, ds) -> dict:
     """The complete training recipe of ``model`` on dataset ``ds`` (a RawDataset)."""
     key = ds.info.key if ds.info is not None else ds.name
-    recipe = _merged_recipe(config, model, key)
-    arch = model_arch(config, model, ds.spatial_dims)
-    if arch is None:
-        raise ConfigError(f"model {model!r} has no {ds.spatial_dims}D architecture in config recipes")
     patch = config.get("patch_size", {}).get(key)
     if patch is None:
         from logvmamba.data.loading import default_patch_size
 
         patch = default_patch_size(ds)
+    return _resolve(config, model, key, ds.spatial_dims, patch)
+
+
+def dataset_recipe(config: Mapping, model: str, key: str) -> dict:
+    """The recipe of ``model`` on a registered dataset key, before its data exists.
+
+    Equal to :func:`resolve_recipe` on the dataset the config prepares (synthetic or
+    real), so the workflow can compare recipes when it builds the DAG.
+    """
+    from logvmamba.data import DATASETS
+
+    info = DATASETS[key]
+    patch = config.get("patch_size", {}).get(key)
+    if patch is None:
+        patch = info.synthetic_patch_size if config.get("synthetic") else info.patch_size
+    return _resolve(config, model, key, info.spatial_dims, patch)
+
+
+def weight_recipe(recipe: Mapping) -> dict:
+    """The part of a recipe that decides the trained weights (all but :data:`INFERENCE_KEYS`)."""
+    return {k: copy.deepcopy(v) for k, v in recipe.items() if k not in INFERENCE_KEYS}
+
+
+def _resolve(config: Mapping, model: str, key: str, spatial_dims: int, patch) -> dict:
+    recipe = _merged_recipe(config, model, key)
+    arch = model_arch(config, model, spatial_dims)
+    if arch is None:
+        raise ConfigError(f"model {model!r} has no {spatial_dims}D architecture in config recipes")
     m = recipe["patch_multiple"]
     recipe.update(arch=arch, patch_size=[-(-int(p) // m) * m for p in patch], model=model, dataset=key)
     kwargs = dict(recipe.get("model_kwargs") or {})

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from logvmamba.config import check_models, model_spec
+from logvmamba.config import check_models, dataset_recipe, model_spec, weight_recipe
 from logvmamba.config import run_grid as config_run_grid
 from logvmamba.reporting.tables import table_names
 
@@ -26,6 +26,11 @@ def config_files():
     """The config files this run reads, so that editing them reruns what depends on them."""
     defaults = [f"{workflow.basedir}/config/config.yaml"]
     return [f"{workflow.basedir}/config/recipes.yaml"] + [str(p) for p in (workflow.overwrite_configfiles or defaults)]
+
+
+def train_recipe(wildcards):
+    """The weight-deciding recipe of a run: Snakemake's params trigger retrains when it changes."""
+    return weight_recipe(dataset_recipe(config, wildcards.model, wildcards.dataset))
 
 
 def all_profile_files(ablations=True):

@@ -2,7 +2,6 @@ rule train:
     input:
         marker="resources/prepared/{dataset}.json",
         splits="results/{dataset}/splits_final.json",
-        configs=config_files(),
     output:
         checkpoint="results/{dataset}/{model}/seed{seed}/checkpoint_best.pt",
         log_csv="results/{dataset}/{model}/seed{seed}/log.csv",
@@ -11,6 +10,7 @@ rule train:
         "logs/train/{dataset}/{model}/seed{seed}.log",
     params:
         fold=config["fold"],
+        recipe=train_recipe,
     resources:
         gpu=1,
     conda:
