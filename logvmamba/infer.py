@@ -1,24 +1,40 @@
 """Whole-image prediction: sliding windows at the training patch, Gaussian weights, flip TTA.
 
-Usage: ``python -m logvmamba.infer --checkpoint CKPT --dataset DIR --out DIR [--subset Ts]``
+Usage::
+
+    python -m logvmamba.infer --checkpoint CKPT --input DIR --out DIR [--tta]
+    python -m logvmamba.infer --checkpoint CKPT --dataset DIR --out DIR [--subset Ts] [--cases ...]
+
+``--input`` is a folder of images named as nnU-Net names them
+(``<case>_<CCCC><ending>``, one file per channel; a png holds its RGB channels
+in ``_0000``); the checkpoint alone says how to read, normalise and write them,
+so no dataset folder is needed.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
+import sys
 from itertools import combinations
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from logvmamba.data import RawDataset, load_case, regions_to_label
+from logvmamba.data import DatasetError, RawDataset, load_case, regions_to_label
 from logvmamba.io import atomic_write
 
-__all__ = ["predict_logits", "logits_to_label", "predict_case", "save_prediction", "predict_dataset"]
+__all__ = ["predict_logits", "logits_to_label", "predict_case", "save_prediction", "predict_dataset",
+           "read_image_folder", "predict_folder"]
+
+logger = logging.getLogger(__name__)
+
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 def _first(output):
@@ -60,35 +76,39 @@ def predict_logits(
     return logits[0].float().cpu()
 
 
-def logits_to_label(logits: torch.Tensor, ds: RawDataset) -> np.ndarray:
-    """Label map of the dataset's on-disk convention (argmax, or nnU-Net regions)."""
-    if ds.has_regions:
-        order = ds.json.get("regions_class_order") or list(range(1, len(ds.regions) + 1))
-        return regions_to_label(torch.sigmoid(logits) > 0.5, order).numpy().astype(np.uint8)
+def logits_to_label(logits: torch.Tensor, regions_class_order: Sequence[int] | None = None) -> np.ndarray:
+    """Label map of the dataset's on-disk convention: argmax, or nnU-Net regions painted in order."""
+    if regions_class_order:
+        return regions_to_label(torch.sigmoid(logits) > 0.5, regions_class_order).numpy().astype(np.uint8)
     return logits.argmax(0).numpy().astype(np.uint8)
+
+
+def _regions_order(ds: RawDataset) -> list[int] | None:
+    if not ds.has_regions:
+        return None
+    return ds.json.get("regions_class_order") or list(range(1, len(ds.regions) + 1))
 
 
 def predict_case(model, ds: RawDataset, case_id: str, patch_size, overlap=0.5, tta=False, subset=None):
     """(label map, loaded case) for one case of ``ds``."""
     case = load_case(ds, case_id, subset=subset)
-    return logits_to_label(predict_logits(model, case.image, patch_size, overlap, tta), ds), case
+    return logits_to_label(predict_logits(model, case.image, patch_size, overlap, tta), _regions_order(ds)), case
 
 
-def save_prediction(label: np.ndarray, case, ds: RawDataset, out_dir: str | os.PathLike) -> Path:
-    """Write a prediction in the dataset's file format (png or NIfTI with the case's affine)."""
-    ending = ds.file_ending
-    path = Path(out_dir) / f"{case.case_id}{ending}"
+def save_prediction(label: np.ndarray, case_id: str, out_dir: str | os.PathLike, file_ending: str,
+                    affine: np.ndarray | None = None, spacing: Sequence[float] | None = None) -> Path:
+    """Write a prediction in the dataset's file format (png, or NIfTI with the image's affine)."""
+    from logvmamba.data.raw import save_nifti, save_png
+
+    path = Path(out_dir) / f"{case_id}{file_ending}"
     with atomic_write(path) as tmp:
-        if ending == ".png":
-            from PIL import Image
-
-            Image.fromarray(label.astype(np.uint8)).save(tmp, format="PNG")
+        if file_ending == ".png":
+            save_png(tmp, label.astype(np.uint8))
         else:
-            import nibabel as nib
-
-            affine = case.affine if case.affine is not None else np.diag(list(case.spacing) + [1.0])
-            nib.save(nib.Nifti1Image(label.astype(np.uint8), affine), str(tmp) + ending)
-            os.replace(str(tmp) + ending, tmp)
+            # nibabel picks the format by the file name: write beside, then move onto tmp
+            named = tmp.with_name(tmp.name + file_ending)
+            save_nifti(named, label.astype(np.uint8), affine=affine, spacing=spacing)
+            os.replace(named, tmp)
     return path
 
 
@@ -101,32 +121,124 @@ def predict_dataset(
     overlap: float = 0.5,
     tta: bool = False,
     subset: str | None = None,
-    progress: Callable | None = None,
 ) -> list[Path]:
-    """Predict and save every case; returns the written files."""
+    """Predict and save every case of a dataset; returns the written files."""
+    from tqdm import tqdm
+
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     paths = []
-    for case_id in progress(case_ids) if progress else case_ids:
+    for case_id in tqdm(case_ids, desc="predict", disable=not sys.stderr.isatty(), leave=False):
         label, case = predict_case(model, ds, case_id, patch_size, overlap, tta, subset)
-        paths.append(save_prediction(label, case, ds, out_dir))
+        paths.append(save_prediction(label, case.case_id, out_dir, ds.file_ending, case.affine, case.spacing))
+    logger.info("%d prediction(s) written to %s", len(paths), out_dir)
+    return paths
+
+
+# ----------------------------------------------------------------------------- a folder of images
+
+
+def read_image_folder(folder: str | os.PathLike, data: Mapping) -> dict[str, list[Path]]:
+    """Case id -> channel files of an image folder, checked against a checkpoint's ``data``.
+
+    Raises:
+        DatasetError: no images, a name without ``_CCCC``, or a missing channel file.
+    """
+    folder = Path(folder)
+    ending = data["file_ending"]
+    if not folder.is_dir():
+        raise DatasetError(folder, "input folder not found")
+    cases: dict[str, dict[int, Path]] = {}
+    for file in sorted(folder.iterdir()):
+        if file.name.startswith(".") or not file.name.endswith(ending):
+            continue
+        match = _CHANNEL.match(file.name[: -len(ending)])
+        if match is None:
+            raise DatasetError(file, f"image file names must end with _CCCC{ending} (4-digit channel index)")
+        cases.setdefault(match["case"], {})[int(match["channel"])] = file
+    if not cases:
+        raise DatasetError(folder, f"no {ending} images named <case>_<CCCC>{ending}; the checkpoint was trained on "
+                                   f"{ending} files with channels {', '.join(data['channel_names'])}")
+    files_needed = 1 if ending == ".png" else len(data["channel_names"])
+    out = {}
+    for case_id, files in cases.items():
+        for c in range(files_needed):
+            if c not in files:
+                raise DatasetError(folder / f"{case_id}_{c:04d}{ending}",
+                                   f"channel file missing for case {case_id!r} (the checkpoint expects "
+                                   f"{files_needed} file(s) per case)")
+        out[case_id] = [files[c] for c in sorted(files)]
+    return out
+
+
+def _read_image(files: Sequence[Path], data: Mapping) -> tuple[torch.Tensor, dict]:
+    """(normalised (C, *spatial) image, meta of the first file) as training normalised it."""
+    from monai.transforms import NormalizeIntensity
+
+    from logvmamba.data.raw import read_image_file
+
+    arrays, meta = [], None
+    for file in files:
+        array, m = read_image_file(file)
+        meta = meta or m
+        arrays.append(array)
+    image = np.concatenate(arrays, axis=0).astype(np.float32, copy=False)
+    if image.shape[0] != len(data["channel_names"]):
+        raise DatasetError(files[0], f"{image.shape[0]} channel(s), the checkpoint was trained on "
+                                     f"{len(data['channel_names'])} ({', '.join(data['channel_names'])})")
+    norm = NormalizeIntensity(nonzero=data["normalization"] == "zscore_nonzero", channel_wise=True)
+    return torch.as_tensor(np.asarray(norm(image)), dtype=torch.float32), meta
+
+
+def predict_folder(model: nn.Module, checkpoint: Mapping, input_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                   tta: bool | None = None) -> list[Path]:
+    """Predict every image of a folder with a loaded checkpoint (see :func:`read_image_folder`)."""
+    from tqdm import tqdm
+
+    data, inference = checkpoint["data"], checkpoint["inference"]
+    tta = inference.get("tta", False) if tta is None else tta
+    cases = read_image_folder(input_dir, data)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    paths = []
+    for case_id, files in tqdm(cases.items(), desc="predict", disable=not sys.stderr.isatty(), leave=False):
+        image, meta = _read_image(files, data)
+        trained = data.get("spacing")
+        if trained and meta["spacing"] and not np.allclose(meta["spacing"], trained, rtol=0.25):
+            logger.warning("%s: spacing %s differs from the training data's median %s (no resampling is done)",
+                           files[0], tuple(round(s, 3) for s in meta["spacing"]), tuple(round(s, 3) for s in trained))
+        logits = predict_logits(model, image, inference["patch_size"], inference["overlap"], tta)
+        label = logits_to_label(logits, data["regions_class_order"])
+        paths.append(save_prediction(label, case_id, out_dir, data["file_ending"], meta["affine"], meta["spacing"]))
+    logger.info("%d prediction(s) written to %s", len(paths), out_dir)
     return paths
 
 
 def main(argv=None) -> None:
-    from logvmamba.train import load_trained_model
+    from logvmamba.checkpoint import CheckpointError, load_trained_model
 
     parser = argparse.ArgumentParser(description="Predict whole images with a trained checkpoint.")
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--dataset", required=True, help="dataset folder")
-    parser.add_argument("--cases", nargs="*", help="case ids (default: every case of --subset)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="folder of images <case>_<CCCC><ending> (no dataset needed)")
+    source.add_argument("--dataset", help="dataset folder (nnU-Net raw); predicts --subset")
+    parser.add_argument("--cases", nargs="*", help="case ids of --dataset (default: every case of --subset)")
     parser.add_argument("--subset", default="Tr", choices=["Tr", "Ts"])
     parser.add_argument("--out", required=True)
-    parser.add_argument("--tta", action="store_true")
+    parser.add_argument("--tta", action="store_true", default=None, help="average over axis flips")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     args = parser.parse_args(argv)
-    model, recipe = load_trained_model(args.checkpoint)
-    ds = RawDataset(args.dataset)
-    cases = args.cases or ds.case_ids(args.subset)
-    predict_dataset(model, ds, cases, args.out, recipe["patch_size"], recipe["overlap"], args.tta, args.subset)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        model, checkpoint = load_trained_model(args.checkpoint, device=device)
+        if args.input:
+            predict_folder(model, checkpoint, args.input, args.out, args.tta)
+        else:
+            ds = RawDataset(args.dataset)
+            inference = checkpoint["inference"]
+            predict_dataset(model, ds, args.cases or ds.case_ids(args.subset), args.out, inference["patch_size"],
+                            inference["overlap"], bool(args.tta), args.subset)
+    except (CheckpointError, DatasetError) as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 if __name__ == "__main__":

@@ -67,15 +67,19 @@ def train_run(config: Mapping, model: str, marker, out_dir, seed: int, fold: int
     return train(resolve_recipe(config, model, ds), ds.path, out_dir, seed=seed, fold=fold, restart_stale=True)
 
 
-def predict_run(marker, checkpoint, out_dir, fold: int) -> list[Path]:
+def predict_run(marker, checkpoint, out_dir, fold: int, tta: bool | None = None, overlap: float | None = None) -> list[Path]:
+    """Predict the held-out cases into ``out_dir``; ``tta`` / ``overlap`` default to the checkpoint's."""
+    from logvmamba.checkpoint import load_trained_model
     from logvmamba.infer import predict_dataset
-    from logvmamba.train import load_trained_model
 
     ds = dataset_from_marker(marker)
-    model, recipe = load_trained_model(checkpoint, device="cuda" if _cuda() else "cpu")
+    model, state = load_trained_model(checkpoint, device="cuda" if _cuda() else "cpu")
+    inference = state["inference"]
+    tta = inference["tta"] if tta is None else tta
+    overlap = inference["overlap"] if overlap is None else overlap
     tmp = Path(str(out_dir) + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    paths = predict_dataset(model, ds, evaluation_cases(ds, fold), tmp, recipe["patch_size"], recipe["overlap"], recipe["tta"])
+    paths = predict_dataset(model, ds, evaluation_cases(ds, fold), tmp, inference["patch_size"], overlap, tta)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     return [Path(out_dir) / p.name for p in paths]

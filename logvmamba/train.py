@@ -16,10 +16,12 @@ import argparse
 import csv
 import io
 import json
+import logging
 import math
 import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -28,10 +30,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from logvmamba.checkpoint import (
+    build_model, data_spec, load_checkpoint, median_spacing, model_args, save_checkpoint,
+)
+from logvmamba.config import weight_recipe
 from logvmamba.data import RawDataset, split_case_ids
-from logvmamba.io import atomic_write, atomic_write_text
+from logvmamba.infer import predict_case
+from logvmamba.io import atomic_write_text
 
-__all__ = ["train", "TrainingDiverged", "load_trained_model", "build_model", "lr_at", "SegmentationLoss"]
+__all__ = ["train", "TrainingDiverged", "lr_at", "SegmentationLoss"]
+
+logger = logging.getLogger(__name__)
 
 LOG_FIELDS = ("epoch", "train_loss", "val_score", "lr", "seconds")
 
@@ -41,20 +50,6 @@ class TrainingDiverged(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- pieces
-
-
-def build_model(recipe: dict, ds: RawDataset) -> nn.Module:
-    """The recipe's architecture for this dataset's dims, channels and classes."""
-    from logvmamba import create_model
-
-    return create_model(
-        recipe["arch"],
-        spatial_dims=ds.spatial_dims,
-        in_channels=ds.num_channels,
-        out_channels=len(ds.regions) if ds.has_regions else ds.num_classes,
-        img_size=recipe["patch_size"],
-        **recipe["model_kwargs"],
-    )
 
 
 def build_optimizer(model: nn.Module, recipe: dict) -> torch.optim.Optimizer:
@@ -129,20 +124,18 @@ def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 
 
 def _set_encoder_frozen(model: nn.Module, frozen: bool) -> None:
-    encoder = getattr(model, "encoder", None)
-    if encoder is not None:
-        for p in encoder.parameters():
-            p.requires_grad_(not frozen)
+    for p in model.encoder_parameters():
+        p.requires_grad_(not frozen)
+
+
+def _check_freezable(model: nn.Module, recipe: dict) -> None:
+    if recipe["freeze_encoder_epochs"] and not callable(getattr(model, "encoder_parameters", None)):
+        raise ValueError(f"{recipe.get('model', recipe['arch'])}: the recipe freezes the encoder for "
+                         f"{recipe['freeze_encoder_epochs']} epochs, but {recipe['arch']} names no encoder "
+                         f"(no encoder_parameters() method); set freeze_encoder_epochs: 0")
 
 
 # ----------------------------------------------------------------------------- checkpoints
-
-
-def _save_checkpoint(path: Path, state: dict) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    with atomic_write(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -153,16 +146,15 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def load_trained_model(checkpoint: str | os.PathLike, device: str = "cpu") -> tuple[nn.Module, dict]:
-    """(model in eval mode, recipe) from a checkpoint written by :func:`train`."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    state = torch.load(path, map_location=device, weights_only=False)
-    ds = RawDataset(state["dataset_dir"])
-    model = build_model(state["recipe"], ds)
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), state["recipe"]
+def _case_spacing(ds: RawDataset, case_id: str) -> list[float]:
+    """Voxel size of a case from its first image's header (png: 1 per axis)."""
+    path = ds.get(case_id).images[0]
+    if ds.file_ending != ".nii.gz" and ds.file_ending != ".nii":
+        return [1.0] * ds.spatial_dims
+    import nibabel as nib
+
+    affine = nib.load(str(path)).affine
+    return [float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))]
 
 
 # ----------------------------------------------------------------------------- validation
@@ -173,7 +165,6 @@ def validate(model: nn.Module, ds: RawDataset, case_ids, recipe: dict) -> float:
     import pandas as pd
 
     from logvmamba.evaluation import aggregate, score_case
-    from logvmamba.infer import predict_case
 
     rows = []
     for case_id in case_ids:
@@ -210,9 +201,11 @@ def train(
 ) -> dict:
     """Train ``recipe["arch"]`` on one fold of a dataset; returns the final summary.
 
-    Resumes from ``out_dir/checkpoint_last.pt`` when present. A checkpoint of another
-    recipe or seed is an error, or with ``restart_stale`` is discarded (the workflow
-    reruns a run whose config changed).
+    Resumes from ``out_dir/checkpoint_last.pt`` when present; a finished run resumed
+    has nothing to train and writes its outputs again. A checkpoint of another seed
+    or of other weight-deciding recipe keys (all but :data:`logvmamba.config.INFERENCE_KEYS`)
+    is an error, or with ``restart_stale`` is discarded (the workflow retrains a run
+    whose recipe changed). ``progress`` shows a bar per epoch when stderr is a terminal.
 
     Raises:
         TrainingDiverged: a non-finite loss (the last good checkpoint is kept).
@@ -227,9 +220,15 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     ds = RawDataset(dataset_dir)
     val_cases = split_case_ids(ds, "val", fold)[: recipe["val_cases"] or None]
+    train_cases = split_case_ids(ds, "train", fold)
+    info = ds.info
+    data = data_spec(ds, info.normalization if info is not None else "zscore",
+                     median_spacing([_case_spacing(ds, c) for c in train_cases]))
+    args = model_args(recipe, data)
 
     seed_everything(seed)
-    model = build_model(recipe, ds).to(device)
+    model = build_model(args).to(device)
+    _check_freezable(model, recipe)
     optimizer = build_optimizer(model, recipe)
     loss_fn = SegmentationLoss(ds.has_regions, recipe["dice_weight"], recipe["ce_weight"])
     use_amp = bool(recipe["amp"]) and device.type == "cuda"
@@ -237,37 +236,48 @@ def train(
     log_rows: list[dict] = []
     start_epoch, best = 0, -math.inf
 
+    def state(epoch: int, resumable: bool) -> dict:
+        out = dict(model=model.state_dict(), model_args=args, data=data,
+                   inference=dict(patch_size=list(recipe["patch_size"]), overlap=recipe["overlap"], tta=recipe["tta"]),
+                   recipe=recipe, seed=seed, fold=fold, epoch=epoch, best=best, log=log_rows)
+        if resumable:
+            out.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict())
+        return out
+
     last_path, best_path = out / "checkpoint_last.pt", out / "checkpoint_best.pt"
     # Snakemake deletes a job's declared outputs (checkpoint_best.pt) before a retry; this
     # second name of the same file lets the resumed run keep the best weights.
     kept_path = out / ".checkpoint_best.resume.pt"
     if last_path.is_file():
-        state = torch.load(last_path, map_location=device, weights_only=False)
-        if state["recipe"] != recipe or state["seed"] != seed:
+        saved = load_checkpoint(last_path, map_location=device)
+        if weight_recipe(saved["recipe"]) != weight_recipe(recipe) or saved["seed"] != seed:
             if not restart_stale:
                 raise ValueError(f"{last_path}: checkpoint of another recipe or seed; remove it or use a new output folder")
-            print(f"{last_path}: checkpoint of another recipe or seed, starting over", flush=True)
-            state = None
+            logger.warning("%s: checkpoint of another recipe or seed, starting over", last_path)
+            saved = None
             if rank == 0:
                 last_path.unlink()
                 best_path.unlink(missing_ok=True)
                 kept_path.unlink(missing_ok=True)
         elif rank == 0 and not best_path.exists() and kept_path.is_file():
             _link_or_copy(kept_path, best_path)
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            start_epoch, best, log_rows = state["epoch"] + 1, state["best"], state["log"]
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scaler.load_state_dict(saved["scaler"])
+            start_epoch, best, log_rows = saved["epoch"] + 1, saved["best"], saved["log"]
+            logger.info("%s: resuming after epoch %d of %d", last_path, start_epoch, recipe["epochs"])
 
     net = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    show = progress and rank == 0 and sys.stderr.isatty()
     for epoch in range(start_epoch, recipe["epochs"]):
         t0 = time.perf_counter()
         seed_everything(_epoch_seed(seed, epoch, rank))
-        _set_encoder_frozen(model, epoch < recipe["freeze_encoder_epochs"])
+        if recipe["freeze_encoder_epochs"]:
+            _set_encoder_frozen(model, epoch < recipe["freeze_encoder_epochs"])
         lr = lr_at(epoch, recipe)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -278,7 +288,7 @@ def train(
         )
         net.train()
         losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{recipe['epochs']}", disable=not progress or rank != 0, leave=False)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{recipe['epochs']}", disable=not show, leave=False)
         for it, batch in enumerate(bar):
             image, target = batch["image"].to(device), batch["label"].to(device)
             with torch.autocast(device.type, enabled=use_amp):
@@ -307,19 +317,22 @@ def train(
         if rank == 0:
             if not math.isnan(val_score) and val_score > best:
                 best = val_score
-                _save_checkpoint(best_path, _state(model, recipe, ds, seed, epoch, best, log_rows))
+                save_checkpoint(best_path, state(epoch, resumable=False))
                 _link_or_copy(best_path, kept_path)
-            _save_checkpoint(last_path, _state(model, recipe, ds, seed, epoch, best, log_rows, optimizer, scaler))
+            save_checkpoint(last_path, state(epoch, resumable=True))
             _write_log(out / "log.csv", log_rows)
-            if progress:
-                print(f"epoch {epoch + 1}/{recipe['epochs']}: loss {row['train_loss']:.4f}, val {val_score:.4f}, "
-                      f"lr {lr:.2e}, {row['seconds']:.1f}s", flush=True)
+            logger.info("epoch %d/%d: loss %.4f, val %.4f, lr %.2e, %.1fs", epoch + 1, recipe["epochs"],
+                        row["train_loss"], val_score, lr, row["seconds"])
 
     summary = dict(epochs=recipe["epochs"], best_val_score=best, final_train_loss=log_rows[-1]["train_loss"] if log_rows else None,
-                   device=device.type, device_name=_device_name(device), world_size=world, torch=torch.__version__)
+                   seed=seed, fold=fold, device=device.type, device_name=_device_name(device), world_size=world,
+                   torch=torch.__version__)
     if rank == 0:
+        # Every declared output is written here too, so a resumed run with nothing left to
+        # train (a Snakemake rerun of a finished job) still leaves a complete run folder.
         if not best_path.exists():  # no validation cases: the last epoch is the result
-            _save_checkpoint(best_path, _state(model, recipe, ds, seed, recipe["epochs"] - 1, best, log_rows))
+            save_checkpoint(best_path, state(recipe["epochs"] - 1, resumable=False))
+        _write_log(out / "log.csv", log_rows)
         atomic_write_text(out / "train_done.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -330,13 +343,6 @@ def _device_name(device: torch.device) -> str:
     from logvmamba.provenance import cpu_model
 
     return cpu_model() or "cpu"
-
-
-def _state(model, recipe, ds, seed, epoch, best, log, optimizer=None, scaler=None) -> dict:
-    state = dict(model=model.state_dict(), recipe=recipe, dataset_dir=str(ds.path), seed=seed, epoch=epoch, best=best, log=log)
-    if optimizer is not None:
-        state.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict())
-    return state
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
@@ -354,10 +360,11 @@ def main(argv=None) -> None:
     parser.add_argument("--model", required=True, help="model entry of the config (or a registered name)")
     parser.add_argument("--dataset", required=True, help="dataset folder (nnU-Net raw)")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--config", nargs="*", default=["config/config.yaml"])
+    parser.add_argument("--config", nargs="*", default=["config/config.yaml"], help="experiment config files")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fold", type=int, default=0)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = load_config(*args.config)
     ds = RawDataset(args.dataset)
     recipe = resolve_recipe(config, args.model, ds)

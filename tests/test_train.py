@@ -14,7 +14,8 @@ import torch
 
 from logvmamba.config import ConfigError, load_config, resolve_recipe
 from logvmamba.data import DATASETS, RawDataset
-from logvmamba.train import SegmentationLoss, TrainingDiverged, load_trained_model, lr_at, train
+from logvmamba.checkpoint import load_checkpoint, load_trained_model
+from logvmamba.train import SegmentationLoss, TrainingDiverged, lr_at, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,11 +87,11 @@ def test_training_is_deterministic_and_improves_nothing_silently(endoscopy, tmp_
     assert a == b
     log = pd.read_csv(tmp_path / "a" / "log.csv")
     assert list(log.columns) == ["epoch", "train_loss", "val_score", "lr", "seconds"] and len(log) == 2
-    sa = torch.load(tmp_path / "a" / "checkpoint_last.pt", weights_only=False)["model"]
-    sb = torch.load(tmp_path / "b" / "checkpoint_last.pt", weights_only=False)["model"]
+    sa = load_checkpoint(tmp_path / "a" / "checkpoint_last.pt")["model"]
+    sb = load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")["model"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     model, loaded = load_trained_model(tmp_path / "a" / "checkpoint_best.pt")
-    assert loaded == recipe and not model.training
+    assert loaded["recipe"] == recipe and not model.training
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(endoscopy, tmp_path):
@@ -99,7 +100,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(endoscopy, tmp_path):
                      grad_clip=None, val_every=10, iterations=3)
     with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf) at epoch 1 .*last good checkpoint is .*checkpoint_last.pt"):
         train(recipe, endoscopy.path, tmp_path, seed=0, progress=False)
-    state = torch.load(tmp_path / "checkpoint_last.pt", weights_only=False)
+    state = load_checkpoint(tmp_path / "checkpoint_last.pt")
     assert state["epoch"] == 0 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert not (tmp_path / "train_done.json").exists()
 
@@ -134,8 +135,8 @@ def test_resume_after_kill_matches_an_unbroken_run(endoscopy, tmp_path, kill_at)
     assert dying.returncode == -signal.SIGKILL
     assert not (killed / "train_done.json").exists()
     subprocess.run([sys.executable, "-c", run, str(killed)], check=True, env=env, timeout=600)
-    whole = torch.load(tmp_path / "whole" / "checkpoint_last.pt", weights_only=False)
-    resumed = torch.load(killed / "checkpoint_last.pt", weights_only=False)
+    whole = load_checkpoint(tmp_path / "whole" / "checkpoint_last.pt")
+    resumed = load_checkpoint(killed / "checkpoint_last.pt")
     assert all(torch.equal(whole["model"][k], resumed["model"][k]) for k in whole["model"])
     assert [r["train_loss"] for r in whole["log"]] == [r["train_loss"] for r in resumed["log"]]
     assert not list(killed.glob(".*.tmp"))  # no half-written file left behind
@@ -151,11 +152,11 @@ def test_checkpoint_of_another_recipe_is_refused(endoscopy, tmp_path):
 def test_a_retry_keeps_the_best_weights_after_snakemake_deleted_them(endoscopy, tmp_path):
     recipe = _recipe(endoscopy, epochs=2, lr=0.0)       # equal scores: the best stays at epoch 0
     train(recipe, endoscopy.path, tmp_path, seed=0, progress=False)
-    before = torch.load(tmp_path / "checkpoint_best.pt", weights_only=False)
+    before = load_checkpoint(tmp_path / "checkpoint_best.pt")
     assert before["epoch"] == 0
     (tmp_path / "checkpoint_best.pt").unlink()      # what Snakemake does before rerunning the job
     train(recipe, endoscopy.path, tmp_path, seed=0, progress=False)
-    after = torch.load(tmp_path / "checkpoint_best.pt", weights_only=False)
+    after = load_checkpoint(tmp_path / "checkpoint_best.pt")
     assert after["epoch"] == before["epoch"] and after["best"] == before["best"]
     assert all(torch.equal(after["model"][k], v) for k, v in before["model"].items())
 
@@ -165,7 +166,7 @@ def test_a_stale_checkpoint_restarts_when_the_workflow_asks(endoscopy, tmp_path)
     train(recipe, endoscopy.path, tmp_path, seed=0, progress=False)
     changed = dict(recipe, lr=0.5, epochs=2)
     summary = train(changed, endoscopy.path, tmp_path, seed=0, progress=False, restart_stale=True)
-    state = torch.load(tmp_path / "checkpoint_last.pt", weights_only=False)
+    state = load_checkpoint(tmp_path / "checkpoint_last.pt")
     assert summary["epochs"] == 2 and state["recipe"] == changed and len(state["log"]) == 2
 
 

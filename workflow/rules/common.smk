@@ -33,6 +33,12 @@ def train_recipe(wildcards):
     return weight_recipe(dataset_recipe(config, wildcards.model, wildcards.dataset))
 
 
+def predict_settings(wildcards):
+    """The config's inference settings of a run (changing them reruns prediction, not training)."""
+    recipe = dataset_recipe(config, wildcards.model, wildcards.dataset)
+    return {"tta": recipe["tta"], "overlap": recipe["overlap"]}
+
+
 def all_profile_files(ablations=True):
     """One profile per configured model x dataset x device."""
     pairs = dict.fromkeys((d, m) for d, m, _ in run_grid(ablations=ablations))

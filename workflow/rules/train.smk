@@ -29,6 +29,7 @@ rule predict:
         "logs/predict/{dataset}/{model}/seed{seed}.log",
     params:
         fold=config["fold"],
+        inference=predict_settings,
     resources:
         gpu=1,
     conda:

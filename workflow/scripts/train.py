@@ -1,5 +1,6 @@
 """Train one model on one dataset with one seed (Snakemake script)."""
 
+import logging
 import sys
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import torch
 from logvmamba.pipeline import train_run
 
 sys.stderr = sys.stdout = open(snakemake.log[0], "w")
+logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 torch.set_num_threads(snakemake.threads)  # Snakemake runs jobs side by side; one pool per job
 w = snakemake.wildcards
 out_dir = Path(snakemake.output.checkpoint).parent
