@@ -34,17 +34,13 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monai.networks.layers.factories import Conv
+from timm.layers import DropPath
 
+from logvmamba.models.layers import per_axis
 from logvmamba.registry import register_model
 
 __all__ = ["NNFormer", "NNFormerBlock", "WindowAttention", "nnformer", "nnformer_test", "window_partition", "window_reverse"]
-
-
-def _per_axis(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
-    out = (int(value),) * n if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(out) != n or any(v < 1 for v in out):
-        raise ValueError(f"{name} {value!r} must be a positive int or {n} of them")
-    return out
 
 
 def window_partition(x: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
@@ -134,20 +130,6 @@ class WindowAttention(nn.Module):
         return self.proj(out)
 
 
-class DropPath(nn.Module):
-    """Stochastic depth per sample."""
-
-    def __init__(self, p: float = 0.0):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
-
-
 class NNFormerBlock(nn.Module):
     """Pre-norm transformer block with (shifted) window attention on a (B, *grid, C) map.
 
@@ -224,10 +206,10 @@ class EmbedStage(nn.Module):
 
     def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, stride: Sequence[int], last: bool):
         super().__init__()
-        Conv = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2]
-        self.conv1 = Conv(in_ch, out_ch, 3, stride=tuple(stride), padding=1)
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.conv1 = conv(in_ch, out_ch, 3, stride=tuple(stride), padding=1)
         self.norm1 = nn.LayerNorm(out_ch)
-        self.conv2 = Conv(out_ch, out_ch, 3, padding=1)
+        self.conv2 = conv(out_ch, out_ch, 3, padding=1)
         self.norm2 = None if last else nn.LayerNorm(out_ch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -241,7 +223,7 @@ class Downsample(nn.Module):
     def __init__(self, spatial_dims: int, dim: int, stride: Sequence[int]):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.conv = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2](dim, 2 * dim, 3, stride=tuple(stride), padding=1)
+        self.conv = Conv[Conv.CONV, spatial_dims](dim, 2 * dim, 3, stride=tuple(stride), padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.movedim(self.norm(F.gelu(x)), -1, 1)
@@ -254,8 +236,7 @@ class Upsample(nn.Module):
     def __init__(self, spatial_dims: int, dim: int, stride: Sequence[int]):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        ConvT = (nn.ConvTranspose2d, nn.ConvTranspose3d)[spatial_dims - 2]
-        self.conv = ConvT(dim, dim // 2, tuple(stride), stride=tuple(stride))
+        self.conv = Conv[Conv.CONVTRANS, spatial_dims](dim, dim // 2, tuple(stride), stride=tuple(stride))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.movedim(self.conv(torch.movedim(self.norm(x), -1, 1)), 1, -1)
@@ -366,15 +347,15 @@ class NNFormer(nn.Module):
             raise ValueError(f"global_stages {global_stages} must be between 0 and {n}")
         if not 0 <= drop_path < 1:
             raise ValueError(f"drop_path {drop_path} must be in [0, 1)")
-        patch = _per_axis(patch_size, spatial_dims, "patch_size")
+        patch = per_axis(patch_size, spatial_dims, "patch_size")
         if any(p not in (1, 2, 4) for p in patch):
             raise ValueError(f"patch_size {patch_size!r}: each axis must be 1, 2 or 4")
-        window = _per_axis(window_size, spatial_dims, "window_size")
+        window = per_axis(window_size, spatial_dims, "window_size")
         if isinstance(down_strides, int):
             down_strides = (down_strides,) * (n - 1)
         if len(down_strides) != n - 1:
             raise ValueError(f"down_strides {down_strides!r} needs one entry per stage transition ({n - 1})")
-        strides = [_per_axis(s, spatial_dims, "down_strides") for s in down_strides]
+        strides = [per_axis(s, spatial_dims, "down_strides") for s in down_strides]
         scales = [patch]
         for s in strides:
             scales.append(tuple(a * b for a, b in zip(scales[-1], s)))
@@ -416,9 +397,9 @@ class NNFormer(nn.Module):
             )
             for i in reversed(range(n - 1))
         )
-        ConvT = (nn.ConvTranspose2d, nn.ConvTranspose3d)[spatial_dims - 2]
+        head = Conv[Conv.CONVTRANS, spatial_dims]
         n_heads = n - 1 if deep_supervision else 1
-        self.heads = nn.ModuleList(ConvT(dims[i], out_channels, patch, stride=patch) for i in range(n_heads))
+        self.heads = nn.ModuleList(head(dims[i], out_channels, patch, stride=patch) for i in range(n_heads))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         if tuple(x.shape[2:]) != self.img_size:

@@ -186,6 +186,7 @@ def build_plain_unet(
         [128, 64, 32, 16, 8]
     """
     from dynamic_network_architectures.architectures.unet import PlainConvUNet  # heavy; on use
+    from monai.networks.layers.factories import Conv, Norm
 
     if in_channels < 1 or out_channels < 1:
         raise ValueError(f"in_channels {in_channels} and out_channels {out_channels} must be positive")
@@ -196,20 +197,18 @@ def build_plain_unet(
             f"nnunet: img_size {tuple(img_size)} is not a multiple of the planned total stride {plan.divisor}; "
             f"nnU-Net's planner pads it to {plan.patch_size}"
         )
-    conv = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2]
-    norm = (nn.InstanceNorm2d, nn.InstanceNorm3d)[spatial_dims - 2]
     net = PlainConvUNet(
         input_channels=in_channels,
         n_stages=plan.n_stages,
         features_per_stage=list(plan.features),
-        conv_op=conv,
+        conv_op=Conv[Conv.CONV, spatial_dims],
         kernel_sizes=[list(k) for k in plan.kernel_sizes],
         strides=[list(s) for s in plan.strides],
         n_conv_per_stage=list(plan.n_conv_per_stage),
         num_classes=out_channels,
         n_conv_per_stage_decoder=list(plan.n_conv_per_stage_decoder),
         conv_bias=True,
-        norm_op=norm,
+        norm_op=Norm[Norm.INSTANCE, spatial_dims],
         norm_op_kwargs={"eps": 1e-5, "affine": True},
         dropout_op=None,
         dropout_op_kwargs=None,

@@ -26,7 +26,7 @@ loader skips the checkpoint's patch embedding and final norm too).
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -67,6 +67,8 @@ class SwinUMamba(nn.Module):
         norm_name: MONAI norm of the conv blocks.
         deep_supervision: also return the 1/2, 1/4 and 1/8 heads (full resolution first).
         pretrained: path of an ImageNet VMamba-Tiny checkpoint for the encoder.
+        scan_backend: selective-scan backend of the SS2D blocks; "auto" follows
+            :func:`logvmamba.ops.scan_backend`.
 
     Examples::
 
@@ -88,6 +90,7 @@ class SwinUMamba(nn.Module):
         norm_name: str = "instance",
         deep_supervision: bool = False,
         pretrained: str | os.PathLike | None = None,
+        scan_backend: str = "auto",
     ):
         super().__init__()
         name = type(self).__name__
@@ -103,7 +106,7 @@ class SwinUMamba(nn.Module):
             nn.Conv2d(in_channels, stem_channels, 7, stride=2, padding=3),
             nn.InstanceNorm2d(stem_channels, eps=1e-5, affine=True),
         )
-        self.vssm_encoder = VMambaEncoder(stem_channels, tuple(dims), tuple(depths), drop_path_rate, d_state)
+        self.vssm_encoder = VMambaEncoder(stem_channels, tuple(dims), tuple(depths), drop_path_rate, d_state, scan_backend)
         self.vssm_encoder.patch_embed = PatchEmbed(stem_channels, dims[0], patch=2)
         _vmamba_init(self.vssm_encoder)
 
@@ -123,6 +126,10 @@ class SwinUMamba(nn.Module):
         self.out_layers = nn.ModuleList(UnetOutBlock(2, feat[i], out_channels) for i in range(4))
         if pretrained is not None:
             load_vmamba_encoder(self.vssm_encoder, pretrained)
+
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the VMamba encoder, the part ImageNet weights initialise."""
+        return self.vssm_encoder.parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         stem = self.stem(x)
@@ -159,28 +166,28 @@ def _build_swin_umamba_d(spatial_dims: int, **kwargs) -> SwinUMambaD:
 _TINY = dict(dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), d_state=4)
 
 
-@register_model
+@register_model(spatial_dims=(2,))
 def swin_umamba(*, spatial_dims=2, in_channels, out_channels, img_size, **kwargs) -> SwinUMamba:
     """Swin-UMamba: VMamba-Tiny encoder behind a 7x7/2 stem, UNETR-style conv decoder."""
     args = dict(in_channels=in_channels, out_channels=out_channels, img_size=img_size)
     return _build_swin_umamba(spatial_dims, **dict(args, **kwargs))
 
 
-@register_model
+@register_model(spatial_dims=(2,))
 def swin_umamba_test(*, spatial_dims=2, in_channels, out_channels, img_size, **kwargs) -> SwinUMamba:
     """Tiny Swin-UMamba for tests."""
     args = dict(in_channels=in_channels, out_channels=out_channels, img_size=img_size, stem_channels=8, **_TINY)
     return _build_swin_umamba(spatial_dims, **dict(args, **kwargs))
 
 
-@register_model
+@register_model(spatial_dims=(2,))
 def swin_umamba_d(*, spatial_dims=2, in_channels, out_channels, img_size, **kwargs) -> SwinUMambaD:
     """Swin-UMamba-dagger: VMamba-Tiny encoder (patch 4) and SS2D Mamba decoder."""
     args = dict(in_channels=in_channels, out_channels=out_channels, img_size=img_size)
     return _build_swin_umamba_d(spatial_dims, **dict(args, **kwargs))
 
 
-@register_model
+@register_model(spatial_dims=(2,))
 def swin_umamba_d_test(*, spatial_dims=2, in_channels, out_channels, img_size, **kwargs) -> SwinUMambaD:
     """Tiny Swin-UMamba-dagger for tests."""
     args = dict(in_channels=in_channels, out_channels=out_channels, img_size=img_size, decoder_depth=1, **_TINY)

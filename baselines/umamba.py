@@ -34,7 +34,9 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+from monai.networks.layers.factories import Conv, Norm, Pool
 
+from logvmamba.models.layers import BasicResBlock, per_axis
 from logvmamba.models.mamba_layer import MambaLayer
 from logvmamba.registry import register_model
 
@@ -47,20 +49,14 @@ VERSIONS = (1, 2)
 # ----------------------------------------------------------------------------- blocks
 
 
-def _tuple(value, dims: int) -> tuple[int, ...]:
-    return (int(value),) * dims if isinstance(value, int) else tuple(int(v) for v in value)
-
-
 class ConvNormAct(nn.Module):
     """conv (bias) -> instance norm -> LeakyReLU (optional); nnU-Net's ConvDropoutNormReLU."""
 
     def __init__(self, dims: int, cin: int, cout: int, kernel, stride=1, act: bool = True, bias: bool = True):
         super().__init__()
-        kernel, stride = _tuple(kernel, dims), _tuple(stride, dims)
-        conv = (nn.Conv2d, nn.Conv3d)[dims - 2]
-        norm = (nn.InstanceNorm2d, nn.InstanceNorm3d)[dims - 2]
-        self.conv = conv(cin, cout, kernel, stride=stride, padding=tuple(k // 2 for k in kernel), bias=bias)
-        self.norm = norm(cout, eps=1e-5, affine=True)
+        kernel, stride = per_axis(kernel, dims, "kernel_sizes"), per_axis(stride, dims, "strides")
+        self.conv = Conv[Conv.CONV, dims](cin, cout, kernel, stride=stride, padding=tuple(k // 2 for k in kernel), bias=bias)
+        self.norm = Norm[Norm.INSTANCE, dims](cout, eps=1e-5, affine=True)
         self.act = nn.LeakyReLU(1e-2, inplace=True) if act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,12 +68,12 @@ class BasicBlockD(nn.Module):
 
     def __init__(self, dims: int, cin: int, cout: int, kernel, stride=1):
         super().__init__()
-        stride = _tuple(stride, dims)
+        stride = per_axis(stride, dims, "strides")
         self.conv1 = ConvNormAct(dims, cin, cout, kernel, stride)
         self.conv2 = ConvNormAct(dims, cout, cout, kernel, 1, act=False)
         skip: list[nn.Module] = []
         if any(s != 1 for s in stride):
-            skip.append((nn.AvgPool2d, nn.AvgPool3d)[dims - 2](stride, stride))
+            skip.append(Pool[Pool.AVG, dims](stride, stride))
         if cin != cout:
             skip.append(ConvNormAct(dims, cin, cout, 1, 1, act=False, bias=False))
         self.skip = nn.Sequential(*skip)
@@ -87,37 +83,23 @@ class BasicBlockD(nn.Module):
         return self.act(self.conv2(self.conv1(x)) + self.skip(x))
 
 
-class ResBlock(nn.Module):
-    """U-Mamba's BasicResBlock: conv-norm-act, conv-norm, optional strided 1x1 conv shortcut, add, act."""
-
-    def __init__(self, dims: int, cin: int, cout: int, kernel, stride=1, shortcut_conv: bool = True):
-        super().__init__()
-        if not shortcut_conv and (cin != cout or any(s != 1 for s in _tuple(stride, dims))):
-            raise ValueError(f"ResBlock: {cin} -> {cout} channels at stride {stride} needs the shortcut conv")
-        self.conv1 = ConvNormAct(dims, cin, cout, kernel, stride)
-        self.conv2 = ConvNormAct(dims, cout, cout, kernel, 1, act=False)
-        conv = (nn.Conv2d, nn.Conv3d)[dims - 2]
-        self.shortcut = conv(cin, cout, 1, stride=_tuple(stride, dims)) if shortcut_conv else nn.Identity()
-        self.act = nn.LeakyReLU(1e-2, inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv2(self.conv1(x)) + self.shortcut(x))
-
-
 class UpsampleConv(nn.Module):
     """Nearest upsampling by the stage stride, then a 1x1 conv (U-Mamba version 2)."""
 
     def __init__(self, dims: int, cin: int, cout: int, stride: Sequence[int]):
         super().__init__()
         self.up = nn.Upsample(scale_factor=tuple(float(s) for s in stride), mode="nearest")
-        self.conv = (nn.Conv2d, nn.Conv3d)[dims - 2](cin, cout, 1)
+        self.conv = Conv[Conv.CONV, dims](cin, cout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.up(x))
 
 
 def _stage(dims: int, cin: int, cout: int, kernel, stride, blocks: int, head: str) -> nn.Sequential:
-    first = BasicBlockD(dims, cin, cout, kernel, stride) if head == "basic" else ResBlock(dims, cin, cout, kernel, stride)
+    if head == "basic":
+        first = BasicBlockD(dims, cin, cout, kernel, stride)
+    else:
+        first = BasicResBlock(dims, cin, cout, kernel, stride, shortcut_conv=True)
     return nn.Sequential(first, *(BasicBlockD(dims, cout, cout, kernel) for _ in range(blocks - 1)))
 
 
@@ -152,6 +134,8 @@ class UMamba(nn.Module):
         encoder_blocks, decoder_blocks: residual blocks per encoder stage and per
             decoder stage (decoding order); default nnU-Net's 2, with version 2's cuts.
         d_state, d_conv, expand: of the Mamba block.
+        scan_backend: selective-scan backend of the Mamba layers; "auto" follows
+            :func:`logvmamba.ops.scan_backend`.
         deep_supervision: return one output per decoder stage, full resolution first.
 
     Examples::
@@ -182,6 +166,7 @@ class UMamba(nn.Module):
         d_conv: int = 4,
         expand: float = 2,
         deep_supervision: bool = False,
+        scan_backend: str = "auto",
     ):
         super().__init__()
         name = type(self).__name__
@@ -206,8 +191,8 @@ class UMamba(nn.Module):
             strides = plan.strides if strides is None else strides
             kernel_sizes = plan.kernel_sizes if kernel_sizes is None else kernel_sizes
         features = tuple(int(f) for f in features)
-        strides = [_tuple(s, spatial_dims) for s in strides]
-        kernels = [_tuple(k, spatial_dims) for k in kernel_sizes]
+        strides = [per_axis(s, spatial_dims, "strides") for s in strides]
+        kernels = [per_axis(k, spatial_dims, "kernel_sizes") for k in kernel_sizes]
         n = len(features)
         if n < 2 or len(strides) != n or len(kernels) != n:
             raise ValueError(
@@ -274,7 +259,9 @@ class UMamba(nn.Module):
                 self.mamba_layers.append(nn.Identity())
                 continue
             width = pixels if as_channels else features[s]
-            self.mamba_layers.append(MambaLayer(width, as_channels, d_state=d_state, d_conv=d_conv, expand=expand))
+            self.mamba_layers.append(
+                MambaLayer(width, as_channels, d_state=d_state, d_conv=d_conv, expand=expand, scan_backend=scan_backend)
+            )
         self.grids = tuple(grids)
 
         # decoder, from the bottleneck up
@@ -282,8 +269,7 @@ class UMamba(nn.Module):
         self.decoder = nn.ModuleList()
         self.seg_layers = nn.ModuleList()
         self.concat = []
-        conv = (nn.Conv2d, nn.Conv3d)[dims - 2]
-        tconv = (nn.ConvTranspose2d, nn.ConvTranspose3d)[dims - 2]
+        conv, tconv = Conv[Conv.CONV, dims], Conv[Conv.CONVTRANS, dims]
         for j in range(n - 1):
             below, skip, stride = features[n - 1 - j], features[n - 2 - j], strides[n - 1 - j]
             kernel = kernels[n - 2 - j]

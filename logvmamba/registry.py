@@ -1,9 +1,12 @@
 """One registry for LoG-VMamba and every baseline.
 
 A model is a function ``fn(*, spatial_dims, in_channels, out_channels, img_size, **kwargs)``
-decorated with :func:`register_model`; its name is the function name. The model
-files are imported on first use of :func:`create_model` or :func:`list_models`, not
-at package import: the built-in ones below, every module of the ``baselines``
+decorated with :func:`register_model`; its name is the function name. A model that
+builds for only some spatial dims says so, ``@register_model(spatial_dims=(2,))``
+(the default is 2 and 3); :func:`model_dims` reads it back, and the tests build
+every ``*_test`` model for each of its dims. The model files are imported on first
+use of :func:`create_model`, :func:`list_models` or :func:`model_dims`, not at
+package import: the built-in ones below, every module of the ``baselines``
 package, and any module named in the ``LOGVMAMBA_MODEL_MODULES`` environment
 variable (comma separated), which is how a user adds a model from outside.
 """
@@ -14,15 +17,16 @@ import fnmatch
 import importlib
 import os
 import pkgutil
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch.nn as nn
 
-__all__ = ["register_model", "create_model", "list_models", "UnknownModelError", "validate_img_size"]
+__all__ = ["register_model", "create_model", "list_models", "model_dims", "UnknownModelError", "validate_img_size"]
 
-BUILTIN_MODULES = ("logvmamba.models.swin_umamba_d", "logvmamba.models.umamba_enc")
+BUILTIN_MODULES = ("logvmamba.models.swin_umamba_d", "logvmamba.models.umamba_enc", "logvmamba.models.logvmamba")
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_DIMS: dict[str, tuple[int, ...]] = {}
 _loaded_modules: set[str] = set()
 
 
@@ -33,13 +37,25 @@ class UnknownModelError(KeyError):
         return str(self.args[0])
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register ``fn`` under its function name; a second use of a name raises."""
-    name = fn.__name__
-    if name in _MODELS and _MODELS[name] is not fn:
-        raise ValueError(f"model {name!r} is registered twice ({_MODELS[name].__module__} and {fn.__module__})")
-    _MODELS[name] = fn
-    return fn
+def register_model(fn: Optional[Callable[..., nn.Module]] = None, *, spatial_dims: Sequence[int] = (2, 3)):
+    """Register ``fn`` under its function name; a second use of a name raises.
+
+    Used bare (``@register_model``) or with the spatial dims the model builds for
+    (``@register_model(spatial_dims=(2,))``).
+    """
+    dims = tuple(int(d) for d in spatial_dims)
+    if not dims or any(d not in (2, 3) for d in dims):
+        raise ValueError(f"spatial_dims {spatial_dims!r} must be a non-empty subset of (2, 3)")
+
+    def register(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = fn.__name__
+        if name in _MODELS and _MODELS[name] is not fn:
+            raise ValueError(f"model {name!r} is registered twice ({_MODELS[name].__module__} and {fn.__module__})")
+        _MODELS[name] = fn
+        _DIMS[name] = dims
+        return fn
+
+    return register if fn is None else register(fn)
 
 
 def _model_modules() -> list[str]:
@@ -69,6 +85,18 @@ def list_models(pattern: str | None = None) -> list[str]:
     return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
 
 
+def model_dims(name: str) -> tuple[int, ...]:
+    """The spatial dims a registered model builds for.
+
+    Raises:
+        UnknownModelError: for a name no module registered.
+    """
+    _load_all()
+    if name not in _DIMS:
+        raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(sorted(_MODELS))}")
+    return _DIMS[name]
+
+
 def create_model(
     name: str,
     *,
@@ -82,10 +110,10 @@ def create_model(
 
     Examples::
 
-        >>> net = create_model("logvmamba_swin_umamba", spatial_dims=2, in_channels=3,
-        ...                    out_channels=8, img_size=(384, 640))
-        >>> net = create_model("logvmamba_umamba_enc", spatial_dims=3, in_channels=4,
-        ...                    out_channels=3, img_size=(128, 128, 128))
+        >>> net2d = create_model("logvmamba", spatial_dims=2, in_channels=3,
+        ...                      out_channels=8, img_size=(384, 640))
+        >>> net3d = create_model("logvmamba", spatial_dims=3, in_channels=4,
+        ...                      out_channels=3, img_size=(128, 128, 128))
     """
     _load_all()
     if name not in _MODELS:

@@ -10,13 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from logvmamba.ops import (
-    SCAN_ENV,
     BackendUnavailableError,
     available_backends,
     count_flops,
     flop_handles,
     get_backend,
     resolve_backend,
+    scan_backend,
     selective_scan,
     selective_scan_flops,
 )
@@ -166,36 +166,35 @@ def test_gradients_only_for_inputs_that_need_them():
         assert_close(gu, expected, 1e-10, backend)
 
 
-def test_env_var_overrides_auto(monkeypatch):
+def test_scan_backend_context_overrides_auto(monkeypatch):
     x = make_inputs(L=5)
     calls = []
     ref = get_backend("ref")
     original = ref.forward
     monkeypatch.setattr(ref, "forward", lambda *a: calls.append(1) or original(*a))
-    monkeypatch.setenv(SCAN_ENV, "ref")
-    assert resolve_backend("auto", x["u"]).name == "ref"
-    run_scan(x, "auto", False, False)
+    with scan_backend("ref"):
+        assert resolve_backend("auto", x["u"]).name == "ref"
+        run_scan(x, "auto", False, False)
+        # An explicit backend is not overridden.
+        assert resolve_backend("torch", x["u"]).name == "torch"
     assert calls == [1]
-    # An explicit backend is not overridden.
-    assert resolve_backend("torch", x["u"]).name == "torch"
-    monkeypatch.setenv(SCAN_ENV, "torch")
-    assert resolve_backend("auto", x["u"]).name == "torch"
-    monkeypatch.setenv(SCAN_ENV, "nonsense")
+    with scan_backend("torch"):
+        assert resolve_backend("auto", x["u"]).name == "torch"
     with pytest.raises(ValueError, match="nonsense"):
-        resolve_backend("auto", x["u"])
-    monkeypatch.delenv(SCAN_ENV)
-    usable = available_backends(x["u"])
-    expected = next(b for b in ("cuda", "fused", "torch") if b in usable)
-    assert resolve_backend("auto", x["u"]).name == expected
+        with scan_backend("nonsense"):
+            pass
+    with scan_backend("auto"):
+        usable = available_backends(x["u"])
+        expected = next(b for b in ("cuda", "fused", "torch") if b in usable)
+        assert resolve_backend("auto", x["u"]).name == expected
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
-def test_cuda_backend_raises_clearly_without_cuda(monkeypatch):
+def test_cuda_backend_raises_clearly_without_cuda():
     x = make_inputs(L=5)
     with pytest.raises(BackendUnavailableError, match="'cuda' is unavailable: CUDA"):
         run_scan(x, "cuda", False, False)
-    monkeypatch.setenv(SCAN_ENV, "cuda")
-    with pytest.raises(BackendUnavailableError, match="cuda"):
+    with scan_backend("cuda"), pytest.raises(BackendUnavailableError, match="cuda"):
         run_scan(x, "auto", False, False)
     assert {"ref", "torch"} <= set(available_backends()) and "cuda" not in available_backends()
 

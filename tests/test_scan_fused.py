@@ -11,12 +11,12 @@ import torch
 from test_scan import NAMES, OPTIONS, ScanModule, assert_close, make_inputs, outputs_and_grads, run_scan
 
 from logvmamba.ops import (
-    SCAN_ENV,
     available_backends,
     count_flops,
     fused,
     get_backend,
     resolve_backend,
+    scan_backend,
     selective_scan_flops,
 )
 
@@ -166,14 +166,14 @@ def test_fused_saves_no_per_step_states():
     assert saved - inputs == b * d * (-(-L // chunk)) * n
 
 
-def test_auto_picks_fused_on_cpu(monkeypatch):
+def test_auto_picks_fused_on_cpu():
     x = make_inputs(L=5)
-    monkeypatch.delenv(SCAN_ENV, raising=False)
-    assert "fused" in available_backends(x["u"])
-    assert resolve_backend("auto", x["u"]).name == "fused"
-    assert resolve_backend("auto", x["u"], requires_grad=True).name == "fused"
-    monkeypatch.setenv(SCAN_ENV, "torch")
-    assert resolve_backend("auto", x["u"]).name == "torch"
+    with scan_backend("auto"):
+        assert "fused" in available_backends(x["u"])
+        assert resolve_backend("auto", x["u"]).name == "fused"
+        assert resolve_backend("auto", x["u"], requires_grad=True).name == "fused"
+    with scan_backend("torch"):
+        assert resolve_backend("auto", x["u"]).name == "torch"
 
 
 def test_fused_refuses_non_cpu_tensors():

@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_scan import assert_close, make_inputs, outputs_and_grads, run_scan
 
-from logvmamba.ops import SCAN_ENV, BackendUnavailableError, available_backends, get_backend, resolve_backend
+from logvmamba.ops import BackendUnavailableError, available_backends, get_backend, resolve_backend, scan_backend
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -21,11 +21,12 @@ needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installe
 
 @pytest.fixture
 def gpu_without_mamba_ssm(monkeypatch):
-    """Pretends to be a CUDA machine with triton and without mamba-ssm."""
-    monkeypatch.delenv(SCAN_ENV, raising=False)
+    """Pretends to be a CUDA machine with triton and without mamba-ssm (and "auto" really automatic)."""
     monkeypatch.setattr(get_backend("cuda"), "unavailable_reason", lambda u=None: "mamba_ssm cannot be imported")
     monkeypatch.setattr(get_backend("triton"), "unavailable_reason", lambda u=None: None)
     monkeypatch.setattr(get_backend("fused"), "unavailable_reason", lambda u=None: "CPU only")
+    with scan_backend("auto"):
+        yield
 
 
 def test_import_does_not_pull_in_triton():
@@ -79,8 +80,7 @@ def test_triton_by_name_with_gradients_raises(gpu_without_mamba_ssm, monkeypatch
     x = make_inputs(L=5)
     with pytest.raises(BackendUnavailableError, match="inference-only"):
         run_scan(x, "triton", True, False)
-    monkeypatch.setenv(SCAN_ENV, "triton")
-    with pytest.raises(BackendUnavailableError, match="inference-only"):
+    with scan_backend("triton"), pytest.raises(BackendUnavailableError, match="inference-only"):
         run_scan(x, "auto", True, False)
     with pytest.raises(RuntimeError, match="no backward"):
         get_backend("triton").backward((), (), True, None, None)

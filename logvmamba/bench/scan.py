@@ -14,9 +14,9 @@ Two parts, in one run:
    length, would exceed half the machine's available memory; each skip is
    printed with its reason.
 2. End to end: one training step (forward, backward, SGD step) of
-   ``logvmamba_umamba_enc`` at 64^3 and ``logvmamba_swin_umamba`` at 256x256
-   with the scan backends of --e2e-backends (the models call the scan with
-   backend "auto"; the worker sets ``LOGVMAMBA_SCAN``).
+   ``logvmamba`` in 3D at 64^3 and in 2D at 256x256 with the scan backends of
+   --e2e-backends (the models call the scan with backend "auto"; the worker
+   runs the step inside ``with scan_backend(name):``).
 
 Every figure runs in a fresh subprocess, so the allocator holds nothing from
 earlier runs. Peak memory is the increase of resident memory over the
@@ -140,32 +140,33 @@ def measure(backend: str, length: int, pass_: str, batch: int, dim: int, state: 
 
 
 
-# End-to-end models: (name, img_size, in_channels, out_channels), as the brief's
-# training patches: the 3D U-Mamba-Enc variant at 64^3, the 2D Swin-UMamba at 256^2.
-E2E_MODELS = {
-    "logvmamba_umamba_enc": ((64, 64, 64), 4, 3),
-    "logvmamba_swin_umamba": ((256, 256), 3, 8),
+E2E_MODEL = "logvmamba"
+# End-to-end cases of E2E_MODEL: (img_size, in_channels, out_channels), as the brief's
+# training patches: the 3D network (U-Mamba-Enc) at 64^3, the 2D one (Swin-UMamba) at 256^2.
+E2E_CASES = {
+    "3d": ((64, 64, 64), 4, 3),
+    "2d": ((256, 256), 3, 8),
 }
 
 
-def measure_step(model: str, backend: str, device: str, repeat: int, threads: int,
+def measure_step(case: str, backend: str, device: str, repeat: int, threads: int,
                  budget: float = float("inf"), batch: int = 1) -> dict:
-    """One training step (forward, cross-entropy, backward, SGD step) of a registered model.
+    """One training step (forward, cross-entropy, backward, SGD step) of ``E2E_MODEL`` in one of
+    the :data:`E2E_CASES` ("2d" or "3d").
 
     Runs in its own process; the models call the scan with backend "auto",
-    so the scan backend is chosen through ``LOGVMAMBA_SCAN``.
+    which the step resolves to ``backend`` through :func:`logvmamba.ops.scan_backend`.
     """
-    os.environ["LOGVMAMBA_SCAN"] = backend
     import torch
     import torch.nn.functional as F
 
     from logvmamba import create_model
-    from logvmamba.ops import resolve_backend
+    from logvmamba.ops import resolve_backend, scan_backend
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    size, cin, cout = E2E_MODELS[model]
-    net = create_model(model, spatial_dims=len(size), in_channels=cin, out_channels=cout, img_size=size).to(device)
+    size, cin, cout = E2E_CASES[case]
+    net = create_model(E2E_MODEL, spatial_dims=len(size), in_channels=cin, out_channels=cout, img_size=size).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     x = torch.randn(batch, cin, *size, device=device)
     target = torch.randint(0, cout, (batch, *size), device=device)
@@ -179,12 +180,14 @@ def measure_step(model: str, backend: str, device: str, repeat: int, threads: in
         opt.step()
         sync()
 
-    t0 = time.perf_counter()
-    step()  # first step: allocations, thread pools, lazy builds
-    first = time.perf_counter() - t0
-    peak, method = peak_during(step, device)
-    times = timed(step, repeat, budget)
-    return {"model": model, "backend": backend, "scan_backend": resolve_backend("auto", x).name,
+    with scan_backend(backend):
+        t0 = time.perf_counter()
+        step()  # first step: allocations, thread pools, lazy builds
+        first = time.perf_counter() - t0
+        peak, method = peak_during(step, device)
+        times = timed(step, repeat, budget)
+        resolved = resolve_backend("auto", x).name
+    return {"model": E2E_MODEL, "case": case, "backend": backend, "scan_backend": resolved,
             "img_size": list(size), "batch": batch, "seconds": min(times),
             "median_seconds": statistics.median(times), "calls": len(times), "first_seconds": first,
             "peak_bytes": peak, "memory_method": method,
@@ -258,12 +261,13 @@ def _e2e_table(rows: list[dict]) -> str:
     head = (f"{'model':<22} {'input':<14} {'backend':<8} {'step s':>8} {'median s':>9} "
             f"{'x torch':>8} {'peak MiB':>9} {'first step s':>12}")
     lines = [head, "-" * len(head)]
-    by_model: dict[str, dict] = {}
+    by_case: dict[str, dict] = {}
     for r in rows:
-        by_model.setdefault(r["model"], {})[r["backend"]] = r
-    for model, per_backend in by_model.items():
-        size, cin, _ = E2E_MODELS[model]
+        by_case.setdefault(r["case"], {})[r["backend"]] = r
+    for case, per_backend in by_case.items():
+        size, cin, _ = E2E_CASES[case]
         shape = "x".join(str(x) for x in (cin, *size))
+        model = f"{E2E_MODEL} {case}"
         for be, r in per_backend.items():
             if "error" in r:
                 lines.append(f"{model:<22} {shape:<14} {be:<8} {r['error']}")
@@ -294,10 +298,10 @@ def main(argv: Optional[list[str]] = None) -> dict:
     parser.add_argument("--memory-fraction", type=float, default=0.5,
                         help="skip a backend at a length where its peak, extrapolated from the previous "
                              "length, would exceed this fraction of the available memory; 0: never skip")
-    parser.add_argument("--e2e-models", nargs="*", default=list(E2E_MODELS), choices=list(E2E_MODELS),
-                        help="models for the training-step comparison (none: skip it)")
+    parser.add_argument("--e2e-dims", nargs="*", default=list(E2E_CASES), choices=list(E2E_CASES),
+                        help=f"{E2E_MODEL} in 2D and/or 3D for the training-step comparison (none: skip it)")
     parser.add_argument("--e2e-backends", nargs="+", default=["torch", "fused"])
-    parser.add_argument("--e2e-repeat", type=int, default=2, help="timed training steps per model and backend")
+    parser.add_argument("--e2e-repeat", type=int, default=2, help="timed training steps per case and backend")
     parser.add_argument("--json", default=None, help="also write all figures to this file")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -358,15 +362,15 @@ def main(argv: Optional[list[str]] = None) -> dict:
         print(_table(rows, backends), flush=True)
 
     e2e_backends = [be for be in args.e2e_backends if be in available]
-    if args.e2e_models and e2e_backends:
+    if args.e2e_dims and e2e_backends:
         print(f"\none training step (forward, cross-entropy, backward, SGD), batch 1, {threads} threads: "
               f"best of {args.e2e_repeat} steps after one untimed step; x torch: torch's step time / this one's")
-        for model in args.e2e_models:
+        for case in args.e2e_dims:
             for be in e2e_backends:
-                step = dict(model=model, backend=be, device=args.device, repeat=args.e2e_repeat,
+                step = dict(case=case, backend=be, device=args.device, repeat=args.e2e_repeat,
                             threads=threads, budget=args.budget * 3)
                 r = _run_worker({"step": step, "threads": threads})
-                e2e.append(dict(r, model=model, backend=be))
+                e2e.append(dict(r, model=E2E_MODEL, case=case, backend=be))
         print(_e2e_table(e2e), flush=True)
     print(f"\nload average at the end: {load_average()}")
 

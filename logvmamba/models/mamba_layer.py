@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from logvmamba.models.mixer import _init_dt_proj, _s4d_real_A_log
-from logvmamba.ops import selective_scan
+from logvmamba.models.weights import init_dt_proj, s4d_real_A_log
+from logvmamba.ops import selective_scan, validate_backend
 
 __all__ = ["Mamba", "MambaLayer"]
 
@@ -40,6 +40,7 @@ class Mamba(nn.Module):
         d_conv: kernel of the causal depthwise convolution.
         expand: E = expand * d_model.
         dt_rank: rank of the delta projection; ``None`` means ceil(d_model / 16).
+        scan_backend: selective-scan backend; "auto" follows :func:`logvmamba.ops.scan_backend`.
 
     Examples::
 
@@ -47,7 +48,8 @@ class Mamba(nn.Module):
         torch.Size([2, 50, 32])
     """
 
-    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: float = 2, dt_rank: int | None = None):
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: float = 2, dt_rank: int | None = None,
+                 scan_backend: str = "auto"):
         super().__init__()
         for name, value in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv)):
             if not isinstance(value, int) or value < 1:
@@ -61,11 +63,12 @@ class Mamba(nn.Module):
         self.conv1d = nn.Conv1d(inner, inner, d_conv, groups=inner, padding=d_conv - 1, bias=True)
         self.x_proj = nn.Linear(inner, self.dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, inner, bias=True)
-        _init_dt_proj(self.dt_proj, self.dt_rank)
-        self.A_log = nn.Parameter(_s4d_real_A_log(inner, d_state))
+        init_dt_proj(self.dt_proj, self.dt_rank)
+        self.A_log = nn.Parameter(s4d_real_A_log(inner, d_state))
         self.D = nn.Parameter(torch.ones(inner))
         self.A_log._no_weight_decay = self.D._no_weight_decay = True
         self.out_proj = nn.Linear(inner, d_model, bias=False)
+        self.scan_backend = validate_backend(scan_backend)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, L, d_model) -> (B, L, d_model)."""
@@ -85,6 +88,7 @@ class Mamba(nn.Module):
             z=z,
             delta_bias=self.dt_proj.bias.float(),
             delta_softplus=True,
+            backend=self.scan_backend,
         )
         return self.out_proj(y.transpose(1, 2))
 
@@ -100,7 +104,7 @@ class MambaLayer(nn.Module):
             ``channel_token`` is set.
         channel_token: the channels are the tokens and each token is the flattened
             map (U-Mamba's switch for maps with no more pixels than channels).
-        d_state, d_conv, expand: of the Mamba block.
+        d_state, d_conv, expand, scan_backend: of the Mamba block.
 
     Examples::
 
@@ -110,12 +114,13 @@ class MambaLayer(nn.Module):
         torch.Size([1, 64, 4, 4, 2])
     """
 
-    def __init__(self, dim: int, channel_token: bool = False, d_state: int = 16, d_conv: int = 4, expand: float = 2):
+    def __init__(self, dim: int, channel_token: bool = False, d_state: int = 16, d_conv: int = 4, expand: float = 2,
+                 scan_backend: str = "auto"):
         super().__init__()
         self.dim = dim
         self.channel_token = channel_token
         self.norm = nn.LayerNorm(dim)
-        self.mamba = Mamba(dim, d_state=d_state, d_conv=d_conv, expand=expand)
+        self.mamba = Mamba(dim, d_state=d_state, d_conv=d_conv, expand=expand, scan_backend=scan_backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         width = x[0, 0].numel() if self.channel_token else x.shape[1]

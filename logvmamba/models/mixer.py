@@ -24,13 +24,17 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monai.networks.layers.factories import Conv
 from timm.layers import DropPath
 
-from logvmamba.ops import selective_scan
+from logvmamba.models.layers import per_axis
+from logvmamba.models.weights import init_dt_proj, s4d_real_A_log
+from logvmamba.ops import selective_scan, validate_backend
 
 __all__ = [
     "MIXERS",
     "PLACEMENTS",
+    "build_mixer",
     "placement_order",
     "unfold_neighbourhood",
     "LoGMixer",
@@ -65,11 +69,10 @@ def placement_order(num_local: int, num_global: int, placement: str) -> tuple[to
     elif placement == "center":
         order = locals_[: L // 2] + globals_ + locals_[L // 2 :]
     elif placement == "split":
-        # The release splits the globals in quarters around the two halves of the locals.
-        q = T // 4
-        if q == 0:
-            raise ValueError(f"split placement needs at least 4 global tokens, got {T}")
-        order = globals_[:q] + locals_[: L // 2] + globals_[q : T - q] + locals_[L // 2 :] + globals_[T - q :]
+        # The release's layout: globals and locals each cut in half, alternating
+        # G1 L1 G2 L2. The spec does not say where an odd count's extra token goes;
+        # floor(T/2) and floor(L/2) come first.
+        order = globals_[: T // 2] + locals_[: L // 2] + globals_[T // 2 :] + locals_[L // 2 :]
     else:
         order = _interleaved_order(L, T)
     order_t = torch.tensor(order, dtype=torch.long)
@@ -119,10 +122,6 @@ def unfold_neighbourhood(x: torch.Tensor, radius: int) -> torch.Tensor:
     return torch.stack(shifted, dim=2).flatten(1, 2)
 
 
-def _conv(spatial_dims: int) -> type[nn.Module]:
-    return (nn.Conv2d, nn.Conv3d)[spatial_dims - 2]
-
-
 def _gtx_conv_geometry(stride: int, spatial_dims: int) -> tuple[int, int, int]:
     """(kernel, dilation, padding) of the GTX spatial compression along one axis, per the release."""
     if spatial_dims == 2:
@@ -143,12 +142,10 @@ class GlobalTokenExtractor(nn.Module):
         super().__init__()
         if channels % squeeze:
             raise ValueError(f"GTX channel squeeze {squeeze} does not divide {channels} channels")
-        strides = (stride,) * spatial_dims if isinstance(stride, int) else tuple(stride)
-        if len(strides) != spatial_dims:
-            raise ValueError(f"GTX stride {stride} does not have {spatial_dims} entries")
+        strides = per_axis(stride, spatial_dims, "GTX stride")
         kernel, dilation, padding = zip(*(_gtx_conv_geometry(k, spatial_dims) for k in strides))
         self.num_tokens = channels // squeeze
-        self.conv = _conv(spatial_dims)(
+        self.conv = Conv[Conv.CONV, spatial_dims](
             channels, self.num_tokens, kernel, stride=strides, padding=padding, dilation=dilation, groups=self.num_tokens
         )
         out_grid = [(g + 2 * p - d * (k - 1) - 1) // s + 1 for g, k, d, p, s in zip(grid, kernel, dilation, padding, strides)]
@@ -167,26 +164,8 @@ class GlobalTokenExtractor(nn.Module):
         return F.silu(tokens.transpose(1, 2))  # (B, C, T)
 
 
-# ----------------------------------------------------------------------------- SSM parameters
-
-
-def _init_dt_proj(dt_proj: nn.Linear, dt_rank: int, dt_min=1e-3, dt_max=0.1, dt_floor=1e-4) -> None:
-    # Mamba's init: delta starts in [dt_min, dt_max] log-uniformly after softplus.
-    bound = dt_rank**-0.5
-    nn.init.uniform_(dt_proj.weight, -bound, bound)
-    dt = torch.exp(torch.rand(dt_proj.out_features) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-    dt = dt.clamp(min=dt_floor)
-    with torch.no_grad():
-        dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-    dt_proj.bias._no_reinit = True
-    dt_proj.weight._no_reinit = True
-
-
-def _s4d_real_A_log(channels: int, d_state: int) -> torch.Tensor:
-    return torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(channels, 1)
-
-
 # ----------------------------------------------------------------------------- LoG mixer
+
 
 
 class LoGMixer(nn.Module):
@@ -208,6 +187,8 @@ class LoGMixer(nn.Module):
         placement: where the global tokens go (``PLACEMENTS``).
         narrow_local: the release's 2D L-VMamba narrows in_proj to 2E/S (kept for
             faithful ablations).
+        scan_backend: selective-scan backend; "auto" follows
+            :func:`logvmamba.ops.scan_backend`.
 
     Examples::
 
@@ -235,6 +216,7 @@ class LoGMixer(nn.Module):
         placement: str = "interleaved",
         narrow_local: bool = False,
         dropout: float = 0.0,
+        scan_backend: str = "auto",
     ):
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -253,7 +235,7 @@ class LoGMixer(nn.Module):
         inner = int(expand * dim)
         if self.use_ltx and (inner % ltx_squeeze or dim % ltx_squeeze):
             raise ValueError(f"LTX squeeze {ltx_squeeze} must divide the width {dim} and the inner width {inner}")
-        conv = _conv(spatial_dims)
+        conv = Conv[Conv.CONV, spatial_dims]
         neighbours = ltx_radius**spatial_dims
         if self.use_ltx:
             if narrow_local and not self.use_gtx:
@@ -277,8 +259,8 @@ class LoGMixer(nn.Module):
         self.x_proj = nn.Linear(seq_width, dt_rank + 2 * d_state, bias=False)
         self.x_proj.weight._no_reinit = True  # a bare Parameter in the release, so never re-initialised
         self.dt_proj = nn.Linear(dt_rank, seq_width, bias=True)
-        _init_dt_proj(self.dt_proj, dt_rank)
-        self.A_log = nn.Parameter(_s4d_real_A_log(seq_width, d_state))
+        init_dt_proj(self.dt_proj, dt_rank)
+        self.A_log = nn.Parameter(s4d_real_A_log(seq_width, d_state))
         self.D = nn.Parameter(torch.ones(seq_width))
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
@@ -286,6 +268,7 @@ class LoGMixer(nn.Module):
         self.out_proj = nn.Linear(inner, dim, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.dt_rank, self.d_state, self.seq_width = dt_rank, d_state, seq_width
+        self.scan_backend = validate_backend(scan_backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, *grid, C) channels-last -> (B, *grid, C)."""
@@ -322,6 +305,7 @@ class LoGMixer(nn.Module):
             D=self.D.float(),
             delta_bias=self.dt_proj.bias.float(),
             delta_softplus=True,
+            backend=self.scan_backend,
         )
 
 
@@ -331,7 +315,8 @@ class LoGMixer(nn.Module):
 class SS2D(nn.Module):
     """VMamba's 4-direction selective-scan 2D mixer (row, column, both reversed).
 
-    Parameter names follow VMamba so ImageNet VMamba-Tiny checkpoints load.
+    Parameter names follow VMamba so ImageNet VMamba-Tiny checkpoints load. ``scan_backend``
+    as in :class:`LoGMixer`.
 
     Examples::
 
@@ -341,7 +326,8 @@ class SS2D(nn.Module):
 
     num_directions = 4
 
-    def __init__(self, dim: int, d_state: int = 16, d_conv: int = 3, expand: float = 2, dropout: float = 0.0):
+    def __init__(self, dim: int, d_state: int = 16, d_conv: int = 3, expand: float = 2, dropout: float = 0.0,
+                 scan_backend: str = "auto"):
         super().__init__()
         inner = int(expand * dim)
         K = self.num_directions
@@ -353,16 +339,17 @@ class SS2D(nn.Module):
         self.x_proj_weight = nn.Parameter(torch.stack([p.weight for p in x_projs]))
         dt_projs = [nn.Linear(self.dt_rank, inner) for _ in range(K)]
         for p in dt_projs:
-            _init_dt_proj(p, self.dt_rank)
+            init_dt_proj(p, self.dt_rank)
         self.dt_projs_weight = nn.Parameter(torch.stack([p.weight for p in dt_projs]))
         self.dt_projs_bias = nn.Parameter(torch.stack([p.bias for p in dt_projs]))
         self.dt_projs_weight._no_reinit = self.dt_projs_bias._no_reinit = True
-        self.A_logs = nn.Parameter(_s4d_real_A_log(K * inner, d_state))
+        self.A_logs = nn.Parameter(s4d_real_A_log(K * inner, d_state))
         self.Ds = nn.Parameter(torch.ones(K * inner))
         self.A_logs._no_weight_decay = self.Ds._no_weight_decay = True
         self.out_norm = nn.LayerNorm(inner)
         self.out_proj = nn.Linear(inner, dim, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.scan_backend = validate_backend(scan_backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
@@ -386,6 +373,7 @@ class SS2D(nn.Module):
             D=self.Ds.float(),
             delta_bias=self.dt_projs_bias.flatten().float(),
             delta_softplus=True,
+            backend=self.scan_backend,
         ).view(b, 4, -1, L)
         y = y[:, :2] + y[:, 2:].flip(-1)  # undo the reversed scans
         y_cols = y[:, 1].view(b, -1, w, h).transpose(2, 3).flatten(2)
@@ -427,6 +415,6 @@ def build_mixer(kind: str, dim: int, spatial_dims: int, grid: Sequence[int], **k
     if kind == "ss2d":
         if spatial_dims != 2:
             raise ValueError("the ss2d mixer is 2D only")
-        keep = {k: kwargs[k] for k in ("d_state", "d_conv", "expand", "dropout") if k in kwargs}
+        keep = {k: kwargs[k] for k in ("d_state", "d_conv", "expand", "dropout", "scan_backend") if k in kwargs}
         return SS2D(dim, **keep)
     return LoGMixer(dim, spatial_dims, grid, mixer=kind, **kwargs)

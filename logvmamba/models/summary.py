@@ -10,7 +10,7 @@ import argparse
 from logvmamba import create_model
 from logvmamba.data import DATASETS
 
-PAPER_MODELS = {2: "logvmamba_swin_umamba", 3: "logvmamba_umamba_enc"}
+PAPER_MODEL = "logvmamba"  # the 2D or 3D network by the dataset's spatial dims
 
 
 def count_parameters(model) -> tuple[int, int]:
@@ -22,7 +22,7 @@ def count_parameters(model) -> tuple[int, int]:
 def summary_rows(mixers=("log",)) -> list[dict]:
     rows = []
     for dataset, info in DATASETS.items():
-        name, dims, cin, cout, patch = PAPER_MODELS[info.spatial_dims], info.spatial_dims, info.in_channels, info.num_outputs, info.patch_size
+        name, dims, cin, cout, patch = PAPER_MODEL, info.spatial_dims, info.in_channels, info.num_outputs, info.patch_size
         for mixer in mixers:
             model = create_model(name, spatial_dims=dims, in_channels=cin, out_channels=cout, img_size=patch, mixer=mixer)
             total, trainable = count_parameters(model)

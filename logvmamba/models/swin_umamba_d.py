@@ -10,7 +10,7 @@ Swin-UMamba-dagger baseline).
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -61,10 +61,12 @@ class PatchExpand(nn.Module):
 
 
 class EncoderStage(nn.Module):
-    def __init__(self, dim: int, depth: int, drop_path: Sequence[float], downsample: bool, d_state: int):
+    def __init__(self, dim: int, depth: int, drop_path: Sequence[float], downsample: bool, d_state: int,
+                 scan_backend: str = "auto"):
         super().__init__()
+        mixer_kwargs = dict(d_state=d_state, scan_backend=scan_backend)
         self.blocks = nn.ModuleList(
-            VSSBlock(dim, build_mixer("ss2d", dim, 2, (), d_state=d_state), drop_path=dp) for dp in drop_path
+            VSSBlock(dim, build_mixer("ss2d", dim, 2, (), **mixer_kwargs), drop_path=dp) for dp in drop_path
         )
         self.downsample = PatchMerging(dim) if downsample else None
 
@@ -77,13 +79,14 @@ class EncoderStage(nn.Module):
 class VMambaEncoder(nn.Module):
     """VMamba encoder; returns the channels-last output of every stage."""
 
-    def __init__(self, in_channels, dims, depths, drop_path_rate, d_state):
+    def __init__(self, in_channels, dims, depths, drop_path_rate, d_state, scan_backend: str = "auto"):
         super().__init__()
         self.patch_embed = PatchEmbed(in_channels, dims[0])
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         starts = [sum(depths[:i]) for i in range(len(depths))]
         self.layers = nn.ModuleList(
-            EncoderStage(dims[i], depths[i], rates[starts[i] : starts[i] + depths[i]], i < len(depths) - 1, d_state)
+            EncoderStage(dims[i], depths[i], rates[starts[i] : starts[i] + depths[i]], i < len(depths) - 1, d_state,
+                         scan_backend)
             for i in range(len(depths))
         )
 
@@ -131,6 +134,8 @@ class SwinUMambaD(nn.Module):
         drop_path_rate: stochastic depth of encoder and decoder.
         deep_supervision: also return 1x1-conv heads of the decoder stages.
         pretrained: path of an ImageNet VMamba-Tiny checkpoint for the encoder.
+        scan_backend: selective-scan backend of every mixer; "auto" follows
+            :func:`logvmamba.ops.scan_backend`.
 
     Examples::
 
@@ -156,6 +161,7 @@ class SwinUMambaD(nn.Module):
         drop_path_rate: float = 0.2,
         deep_supervision: bool = False,
         pretrained: str | os.PathLike | None = None,
+        scan_backend: str = "auto",
     ):
         super().__init__()
         img_size = validate_img_size(img_size, 2, 32, type(self).__name__)
@@ -166,13 +172,13 @@ class SwinUMambaD(nn.Module):
         if len(dims) != 4 or len(depths) != 4 or len(gtx_strides) != 3 or len(gtx_squeezes) != 3:
             raise ValueError("SwinUMambaD needs 4 encoder dims/depths and 3 decoder gtx_strides/gtx_squeezes")
         self.deep_supervision = deep_supervision
-        self.encoder = VMambaEncoder(in_channels, dims, depths, drop_path_rate, d_state)
+        self.encoder = VMambaEncoder(in_channels, dims, depths, drop_path_rate, d_state, scan_backend)
         dec_rates = torch.linspace(drop_path_rate, 0, 3 * decoder_depth).tolist()
         self.decoder = nn.ModuleList()
         for i, dim in enumerate(reversed(dims[:-1])):
             scale = 2 ** (4 - i)  # decoder stage i runs at 1/16, 1/8, 1/4
             grid = (img_size[0] // scale, img_size[1] // scale)
-            kwargs = dict(d_state=d_state)
+            kwargs = dict(d_state=d_state, scan_backend=scan_backend)
             if mixer != "ss2d":
                 kwargs.update(
                     placement=placement,
@@ -189,6 +195,10 @@ class SwinUMambaD(nn.Module):
         init_weights(self)
         if pretrained is not None:
             load_vmamba_encoder(self.encoder, pretrained)
+
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the VMamba encoder, the part ImageNet weights initialise."""
+        return self.encoder.parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         skips = self.encoder(x)
@@ -250,14 +260,14 @@ def _build(mixer_default: str, spatial_dims: int, **kwargs) -> SwinUMambaD:
     return SwinUMambaD(**kwargs)
 
 
-@register_model
+@register_model(spatial_dims=(2,))
 def logvmamba_swin_umamba(*, spatial_dims=2, in_channels, out_channels, img_size, **kwargs) -> SwinUMambaD:
     """LoG-VMamba 2D: Swin-UMamba-dagger with LoG mixers in the six decoder blocks."""
     args = dict(in_channels=in_channels, out_channels=out_channels, img_size=img_size)
     return _build("log", spatial_dims, **dict(args, **kwargs))
 
 
-@register_model
+@register_model(spatial_dims=(2,))
 def logvmamba_swin_umamba_test(*, spatial_dims=2, in_channels, out_channels, img_size, **kwargs) -> SwinUMambaD:
     """Tiny LoG-VMamba 2D for tests."""
     args = dict(in_channels=in_channels, out_channels=out_channels, img_size=img_size, dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), decoder_depth=1)

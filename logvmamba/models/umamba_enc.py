@@ -13,12 +13,14 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monai.networks.layers.factories import Conv, Pool
 
+from logvmamba.models.layers import BasicResBlock, per_axis
 from logvmamba.models.mixer import MIXERS, PLACEMENTS, LoGMixer, VSSBlock
 from logvmamba.models.weights import init_weights
 from logvmamba.registry import register_model
 
-__all__ = ["ResBlock", "UMambaEncLoG", "paper_strides", "logvmamba_umamba_enc", "logvmamba_umamba_enc_test", "stage_mixers"]
+__all__ = ["UMambaEncLoG", "VSSLayer", "paper_strides", "logvmamba_umamba_enc", "logvmamba_umamba_enc_test", "stage_mixers"]
 
 PAPER_STAGE_MIXERS = ("local", "log", "log", "global", "global")
 
@@ -47,36 +49,6 @@ def stage_mixers(mixer: str | Sequence[str], paper: Sequence[str] = PAPER_STAGE_
     return tuple(out)
 
 
-class ResBlock(nn.Module):
-    """conv-norm-act, conv-norm, (1x1 conv) shortcut, add, act; nnU-Net BasicBlockD without the conv."""
-
-    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, stride: int | Sequence[int] = 1, shortcut_conv: bool = False):
-        super().__init__()
-        Conv = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2]
-        Norm = (nn.InstanceNorm2d, nn.InstanceNorm3d)[spatial_dims - 2]
-        stride = _per_axis(stride, spatial_dims, "stride")
-        if not shortcut_conv and (in_ch != out_ch or max(stride) > 1):
-            raise ValueError(f"a block from {in_ch} to {out_ch} channels at stride {stride} needs a shortcut conv")
-        self.conv1 = Conv(in_ch, out_ch, 3, stride=stride, padding=1)
-        self.norm1 = Norm(out_ch, eps=1e-5, affine=True)
-        self.conv2 = Conv(out_ch, out_ch, 3, padding=1)
-        self.norm2 = Norm(out_ch, eps=1e-5, affine=True)
-        self.act = nn.LeakyReLU(1e-2, inplace=True)
-        self.shortcut = Conv(in_ch, out_ch, 1, stride=stride) if shortcut_conv else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.act(self.norm1(self.conv1(x)))
-        y = self.norm2(self.conv2(y))
-        return self.act(y + self.shortcut(x))
-
-
-def _per_axis(value, spatial_dims: int, name: str) -> tuple[int, ...]:
-    out = (int(value),) * spatial_dims if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(out) != spatial_dims or min(out) < 1:
-        raise ValueError(f"{name} entry {value!r} must be a positive int or {spatial_dims} of them")
-    return out
-
-
 def paper_strides(img_size: Sequence[int], num_stages: int = 5) -> list[tuple[int, ...]]:
     """The paper's strides (1, 2, 2, ...) per axis; an axis that the total stride does not
     divide drops its deepest stride (ACDC's 16 slices go down to 1/16 only)."""
@@ -90,12 +62,13 @@ def paper_strides(img_size: Sequence[int], num_stages: int = 5) -> list[tuple[in
 
 
 def _blocks(spatial_dims: int, in_ch: int, out_ch: int, n: int, stride: int = 1) -> nn.Sequential:
-    first = ResBlock(spatial_dims, in_ch, out_ch, stride, shortcut_conv=True)
-    return nn.Sequential(first, *(ResBlock(spatial_dims, out_ch, out_ch) for _ in range(n - 1)))
+    # a res block (1x1 shortcut conv), then basic blocks (identity shortcut)
+    first = BasicResBlock(spatial_dims, in_ch, out_ch, stride=stride, shortcut_conv=True)
+    return nn.Sequential(first, *(BasicResBlock(spatial_dims, out_ch, out_ch) for _ in range(n - 1)))
 
 
-class MambaLayer(nn.Module):
-    """A float32 VSS block on a channels-first map."""
+class VSSLayer(nn.Module):
+    """A VSS block on a channels-first map, returned in the input's dtype."""
 
     def __init__(self, block: VSSBlock):
         super().__init__()
@@ -129,6 +102,8 @@ class UMambaEncLoG(nn.Module):
             where unused).
         ltx_squeeze: LTX S (16 in 3D).
         drop_path: of every VSS layer.
+        scan_backend: selective-scan backend of the mixers; "auto" follows
+            :func:`logvmamba.ops.scan_backend`.
 
     Examples::
 
@@ -160,6 +135,7 @@ class UMambaEncLoG(nn.Module):
         d_state: int = 16,
         drop_path: float = 0.1,
         deep_supervision: bool = False,
+        scan_backend: str = "auto",
     ):
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -173,8 +149,8 @@ class UMambaEncLoG(nn.Module):
             raise ValueError("features, encoder_blocks, strides, gtx_strides, gtx_squeezes need one entry per stage, decoder_blocks one fewer")
         if placement not in PLACEMENTS:
             raise ValueError(f"placement {placement!r} is not one of {PLACEMENTS}")
-        strides = [_per_axis(st, spatial_dims, "strides") for st in strides]
-        stem_pool = _per_axis(stem_pool, spatial_dims, "stem_pool")
+        strides = [per_axis(st, spatial_dims, "strides") for st in strides]
+        stem_pool = per_axis(stem_pool, spatial_dims, "stem_pool")
         total = [math.prod(axis) for axis in zip(stem_pool, *strides)]
         size = tuple(int(v) for v in img_size)
         if len(size) != spatial_dims or any(v <= 0 or v % t for v, t in zip(size, total)):
@@ -192,14 +168,14 @@ class UMambaEncLoG(nn.Module):
             raise ValueError(f"at most {len(PAPER_STAGE_MIXERS)} stages, got {n}")
         mixers = stage_mixers(mixer, PAPER_STAGE_MIXERS[:n])
         self.mixers = mixers
-        self.up_mode = ("bilinear", "trilinear")[spatial_dims - 2]
-        Conv = (nn.Conv2d, nn.Conv3d)[spatial_dims - 2]
+        self.up_mode = {2: "bilinear", 3: "trilinear"}[spatial_dims]
+        conv = Conv[Conv.CONV, spatial_dims]
 
         stem_ch = features[0]
         self.stem = nn.Sequential(
-            ResBlock(spatial_dims, in_channels, stem_ch, shortcut_conv=True), ResBlock(spatial_dims, stem_ch, stem_ch)
+            BasicResBlock(spatial_dims, in_channels, stem_ch, shortcut_conv=True), BasicResBlock(spatial_dims, stem_ch, stem_ch)
         )
-        self.pool = (nn.MaxPool2d, nn.MaxPool3d)[spatial_dims - 2](stem_pool)
+        self.pool = Pool[Pool.MAX, spatial_dims](stem_pool)
         self.stages = nn.ModuleList()
         self.mamba_layers = nn.ModuleList()
         grid = [v // p for v, p in zip(img_size, stem_pool)]
@@ -218,19 +194,20 @@ class UMambaEncLoG(nn.Module):
                 gtx_stride=gtx_strides[s],
                 gtx_squeeze=gtx_squeezes[s],
                 placement=placement,
+                scan_backend=scan_backend,
             )
-            self.mamba_layers.append(MambaLayer(VSSBlock(features[s], mix, drop_path, float32=True, eps=1e-6)))
+            self.mamba_layers.append(VSSLayer(VSSBlock(features[s], mix, drop_path, float32=True, eps=1e-6)))
             prev = features[s]
 
         self.up_convs = nn.ModuleList()
         self.decoder = nn.ModuleList()
         for d, blocks in enumerate(decoder_blocks):
             below, skip = features[n - 1 - d], features[n - 2 - d]
-            self.up_convs.append(Conv(below, skip, 1))
+            self.up_convs.append(conv(below, skip, 1))
             self.decoder.append(_blocks(spatial_dims, skip, skip, blocks))
-        self.final_up = Conv(features[0], stem_ch, 1)
-        self.final_block = ResBlock(spatial_dims, stem_ch, stem_ch)
-        self.head = Conv(stem_ch, out_channels, 1)
+        self.final_up = conv(features[0], stem_ch, 1)
+        self.final_block = BasicResBlock(spatial_dims, stem_ch, stem_ch)
+        self.head = conv(stem_ch, out_channels, 1)
         self.strides = tuple(strides)
         self.stem_pool = stem_pool
         init_weights(self, linear=False)

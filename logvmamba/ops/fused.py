@@ -40,14 +40,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from logvmamba.ops.selective_scan import (
-    AUTO_ORDER,
-    ScanBackend,
-    _as_groups,
-    _cast,
-    _compute_dtype,
-    register_backend,
-)
+from logvmamba.ops.backend import ScanBackend, as_groups, cast, compute_dtype, register_backend
 
 __all__ = ["FusedBackend", "EXTENSIONS_ENV", "build_info", "load_library"]
 
@@ -210,7 +203,7 @@ def _ptr(t: Optional[Tensor]):
 
 
 def _prep(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
-    return None if t is None else _cast(t, dtype).contiguous()
+    return None if t is None else cast(t, dtype).contiguous()
 
 
 class FusedBackend(ScanBackend):
@@ -246,11 +239,11 @@ class FusedBackend(ScanBackend):
         return max(1, min(per_group, parts))
 
     def _common(self, inputs):
-        cdt = _compute_dtype(*inputs)
+        cdt = compute_dtype(*inputs)
         u, delta, A, B, C, D, z, bias = inputs
         u, delta, A, D, z, bias = (_prep(t, cdt) for t in (u, delta, A, D, z, bias))
-        Bt = _cast(_as_groups(B), cdt).transpose(-1, -2).contiguous()
-        Ct = _cast(_as_groups(C), cdt).transpose(-1, -2).contiguous()
+        Bt = cast(as_groups(B), cdt).transpose(-1, -2).contiguous()
+        Ct = cast(as_groups(C), cdt).transpose(-1, -2).contiguous()
         b, d, L = u.shape
         groups, n = Bt.shape[1], A.shape[1]
         chunk = max(1, min(int(self.chunk_size), L))
@@ -297,4 +290,4 @@ class FusedBackend(ScanBackend):
                 None if D is None else gD.sum(0), gz, None if bias is None else gbias.sum(0))
 
 
-register_backend(FusedBackend(), auto_priority=AUTO_ORDER.index("torch"))
+register_backend(FusedBackend())

@@ -24,14 +24,7 @@ from typing import Optional
 
 import torch
 
-from logvmamba.ops.selective_scan import (
-    AUTO_ORDER,
-    ScanBackend,
-    _as_groups,
-    _cast,
-    _compute_dtype,
-    register_backend,
-)
+from logvmamba.ops.backend import ScanBackend, as_groups, cast, compute_dtype, register_backend
 
 __all__ = ["TritonBackend", "triton_selective_scan_forward"]
 
@@ -54,8 +47,8 @@ def triton_selective_scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=
     any tensors Triton can address (CUDA, or CPU under ``TRITON_INTERPRET=1``).
     """
     triton, kernel = _kernel()
-    cdt = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
-    B4, C4 = _as_groups(B), _as_groups(C)
+    cdt = compute_dtype(u, delta, A, B, C, D, z, delta_bias)
+    B4, C4 = as_groups(B), as_groups(C)
     b, d, L = u.shape
     n = A.shape[1]
     groups = B4.shape[1]
@@ -101,8 +94,8 @@ class TritonBackend(ScanBackend):
         return _triton_import_error()
 
     def forward(self, inputs, delta_softplus):
-        cdt = _compute_dtype(*inputs)
-        u, delta, A, B, C, D, z, bias = (_cast(t, cdt) for t in inputs)
+        cdt = compute_dtype(*inputs)
+        u, delta, A, B, C, D, z, bias = (cast(t, cdt) for t in inputs)
         y, last = triton_selective_scan_forward(u, delta, A, B, C, D, z, bias, delta_softplus,
                                                 block_l=self.block_l)
         return y, last, ()
@@ -112,4 +105,4 @@ class TritonBackend(ScanBackend):
                            "use backend 'cuda' (mamba-ssm) or 'torch' for training")
 
 
-register_backend(TritonBackend(), auto_priority=AUTO_ORDER.index("cuda") + 1)
+register_backend(TritonBackend())
