@@ -1,18 +1,21 @@
 """LoG-VMamba reproducibility suite.
 
 Default: synthetic stand-ins on CPU (config/config.yaml). The paper protocol:
---configfile config/paper.yaml (replaces the default config; recipes stay).
-Main target: all_tables (tables, statistics, Figure 5); figure5 alone; then
+--configfile=config/paper.yaml (replaces the default config; the packaged recipes
+stay). Main target: all_tables (tables, statistics, Figure 5); figure5 alone; then
 snakemake --report results/report.html.
 """
 
 from snakemake.utils import min_version, validate
 
+from logvmamba.config import RECIPES, SCHEMA
+
 min_version("8.0")
 
 
-# Config paths are relative to the working directory; these two live in the checkout.
-configfile: f"{workflow.basedir}/config/recipes.yaml"
+# The recipes and the schema are package data (one copy, also read by logvmamba.config);
+# the default config lives in the checkout.
+configfile: str(RECIPES)
 
 
 if not workflow.overwrite_configfiles:
@@ -20,7 +23,7 @@ if not workflow.overwrite_configfiles:
     configfile: f"{workflow.basedir}/config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+validate(config, str(SCHEMA))
 
 
 include: "workflow/rules/common.smk"
@@ -47,9 +50,8 @@ localrules:
 
 rule all_tables:
     input:
-        tables=table_files(),
-        stats=stats_files(),
-        figures=figure_files(),
+        tables=rules.tables.output,
+        figures=rules.plot_efficiency.output,
 
 
 rule all_metrics:
@@ -64,16 +66,18 @@ rule all_profiles:
 
 rule figure5:
     input:
-        figures=figure_files(),
+        figures=rules.plot_efficiency.output,
 
 
 rule all:
     input:
-        tables=table_files(),
-        figures=figure_files(),
-        parameters="results/models/parameters.csv",
+        tables=rules.tables.output,
+        figures=rules.plot_efficiency.output,
+        parameters=rules.summarize_models.output.csv,
 
 
+# A target rule takes no wildcards, so each documented metrics_<dataset> target is a
+# rule of its own; the loop over the config's datasets is the one place that says so.
 for _key in config["datasets"]:
 
     rule:

@@ -1,7 +1,9 @@
 """Experiment configs and per-model training recipes.
 
-A config is YAML validated by ``workflow/schemas/config.schema.yaml``. The model
-recipes (facts from the papers' releases) live in ``config/recipes.yaml``; an
+A config is YAML validated by the packaged schema (:data:`SCHEMA`,
+``logvmamba/resources/config.schema.yaml``). The model recipes (facts from the
+papers' releases) are packaged too (:data:`RECIPES`,
+``logvmamba/resources/recipes.yaml``), so an installed wheel loads configs; an
 experiment config (``config/config.yaml``, ``config/paper.yaml``) says which
 datasets, models and seeds run and the training length. A recipe is resolved in
 this order, later entries winning: ``recipe_defaults`` -> the experiment's
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import os
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,7 +27,7 @@ import yaml
 
 __all__ = [
     "load_config", "resolve_recipe", "validate_config", "model_arch", "model_spec", "model_label", "supports",
-    "check_models", "config_models", "ablation_models", "run_grid", "ConfigError", "ROOT",
+    "check_models", "config_models", "ablation_models", "run_grid", "ConfigError", "ROOT", "SCHEMA", "RECIPES",
     "dataset_recipe", "weight_recipe", "INFERENCE_KEYS",
 ]
 
@@ -32,9 +35,11 @@ __all__ = [
 #: weights: changing them must never throw a finished training away.
 INFERENCE_KEYS = frozenset({"tta", "overlap", "num_workers", "val_every", "val_cases", "label"})
 
+#: The checkout (tests and the workflow's example configs); not part of an installed wheel.
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
-RECIPES = ROOT / "config" / "recipes.yaml"
+# The one copy of each, read by this module and by the Snakefile alike.
+SCHEMA = files("logvmamba") / "resources" / "config.schema.yaml"
+RECIPES = files("logvmamba") / "resources" / "recipes.yaml"
 
 
 class ConfigError(ValueError):
@@ -64,10 +69,9 @@ def validate_config(config: Mapping, source: str = "config") -> None:
 
 
 def load_config(*paths: str | os.PathLike) -> dict:
-    """Merge ``config/recipes.yaml`` and ``paths`` (later wins) and validate the result."""
+    """Merge :data:`RECIPES` and ``paths`` (later wins) and validate the result."""
     config: dict = {}
-    for path in (RECIPES, *paths):
-        path = Path(path)
+    for path in (RECIPES, *map(Path, paths)):
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
@@ -116,9 +120,21 @@ def model_arch(config: Mapping, model: str, spatial_dims: int) -> str | None:
     if config["model_variant"] == "test":
         from logvmamba import list_models
 
-        if f"{arch}_test" in list_models():
-            return f"{arch}_test"
+        return _test_variant(model, arch, list_models())
     return arch
+
+
+def _test_variant(model: str, arch: str, known) -> str:
+    """``<arch>_test``; a :class:`ConfigError` saying how to fix it where none is registered."""
+    name = f"{arch}_test"
+    if name not in known:
+        # Running the paper-size network silently would make a "quick" run take hours.
+        raise ConfigError(
+            f"models: {model!r} runs the architecture {arch!r}, which has no {name!r} variant for "
+            f"model_variant: test; register a small {name!r} next to {arch!r} (as every baseline does) "
+            f"or set model_variant: paper"
+        )
+    return name
 
 
 def model_spec(config: Mapping, model: str, dataset: str, variant: str | None = None) -> tuple[str, dict]:
@@ -167,8 +183,9 @@ def run_grid(config: Mapping, dataset: str | None = None, ablations: bool = True
 
 
 def check_models(config: Mapping) -> None:
-    """Raise :class:`ConfigError` for a configured model with no registered architecture, or a
-    report reference model that the config does not train."""
+    """Raise :class:`ConfigError` for a configured model with no registered architecture (or no
+    ``_test`` variant of it under ``model_variant: test``), or a report reference model that the
+    config does not train."""
     from logvmamba import list_models
 
     known = set(list_models())
@@ -184,6 +201,9 @@ def check_models(config: Mapping) -> None:
                 f"models: {model!r} needs the architecture {missing[0]!r}, which no module registers; "
                 f"add a file with a @register_model function to baselines/ (known: {', '.join(sorted(known))})"
             )
+        if config["model_variant"] == "test":
+            for a in archs:
+                _test_variant(model, a, known)
 
 
 def supports(config: Mapping, model: str, spatial_dims: int) -> bool:

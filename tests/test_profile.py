@@ -12,7 +12,7 @@ from logvmamba.models.mamba_layer import Mamba
 from logvmamba.ops import selective_scan
 from logvmamba.profiling import JUSTIFIED_UNCOUNTED_OPS, SCHEMA, count_model_flops, input_spec, profile_model
 from logvmamba.profiling.fidelity import _compare, fidelity_rows, load_published, reference_path
-from logvmamba.profiling.report import main as profile_main
+from logvmamba.profile import main as profile_main
 from logvmamba.profiling.runtime import measure
 
 

@@ -15,7 +15,8 @@ from logvmamba.config import (
     resolve_recipe,
     run_grid,
 )
-from logvmamba.reporting.collect import METRICS, ResultsError, load_runs
+from logvmamba.data import DATASETS
+from logvmamba.reporting.collect import ResultsError, load_runs
 from logvmamba.reporting.report import (
     figure_points,
     statistics_from_results,
@@ -49,15 +50,16 @@ def write_results(root, config, n_cases=12):
     for dataset, model, seed in run_grid(config):
         run = root / dataset / model / f"seed{seed}"
         run.mkdir(parents=True, exist_ok=True)
-        raw = [m for m in METRICS[dataset] if not m.endswith("_mean")]
+        metrics = DATASETS[dataset].metrics
+        raw = [m for m in metrics if not m.endswith("_mean")]
         rows = [{"case_id": f"case_{i:03d}", **{m: case_value(model, m, i, seed) for m in raw}} for i in range(n_cases)]
         table = pd.DataFrame(rows)
         table.to_csv(run / "per_case.csv", index=False)
         summary = {m: float(table[m].mean()) for m in raw}
         for name, prefix in (("Dice_mean", "Dice_"), ("HD95_mean", "HD95_")):
-            if name in METRICS[dataset]:
+            if name in metrics:
                 summary[name] = float(table[[c for c in raw if c.startswith(prefix)]].mean(axis=1).mean())
-        summary.update(dataset=dataset, synthetic=True, main=summary[METRICS[dataset][0]])
+        summary.update(dataset=dataset, synthetic=True, main=summary[metrics[0]])
         (run / "summary.json").write_text(json.dumps(summary))
         (run / "train_done.json").write_text(json.dumps({"device": "cpu", "device_name": "Test CPU", "world_size": 1}))
         arch, _ = model_spec(config, model, dataset, "paper")

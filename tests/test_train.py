@@ -44,12 +44,12 @@ def test_recipe_resolution_order():
 
     brats = resolve_recipe(config, "logvmamba", FakeDs("brats", 3))
     endo = resolve_recipe(config, "logvmamba", FakeDs("endoscopy", 2))
-    assert brats["arch"] == "logvmamba_umamba_enc_test" and endo["arch"] == "logvmamba_swin_umamba_test"
+    assert brats["arch"] == endo["arch"] == "logvmamba_test"  # one name; spatial_dims picks the network
     assert brats["optimizer"] == "adam" and brats["lr"] == 0.5 and brats["grad_clip"] == 25  # release BraTS recipe
     assert endo["optimizer"] == "adamw" and endo["weight_decay"] == 5e-2 and endo["model_kwargs"] == {"deep_supervision": True}
     assert brats["model_kwargs"] == {} and brats["patch_size"] == list(DATASETS["brats"].synthetic_patch_size)
     config["model_variant"] = "paper"
-    assert resolve_recipe(config, "logvmamba", FakeDs("brats", 3))["arch"] == "logvmamba_umamba_enc"
+    assert resolve_recipe(config, "logvmamba", FakeDs("brats", 3))["arch"] == "logvmamba"
 
 
 def test_config_typo_names_the_key(tmp_path):

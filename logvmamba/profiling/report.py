@@ -1,10 +1,6 @@
 """Profile one model on one dataset and device: parameters, FLOPs, latency, memory.
 
-    python -m logvmamba.profile --model NAME --dataset KEY [--device cpu|cuda]
-        [--size paper|synthetic|HxW|DxHxW] [--no-runtime] [--runs N] [--warmup N]
-        --out FILE.json
-
-Input shapes come from :data:`logvmamba.data.DATASETS` (``patch_size``, or
+The command line is :mod:`logvmamba.profile`. Input shapes come from :data:`logvmamba.data.DATASETS` (``patch_size``, or
 ``synthetic_patch_size``; ``in_channels``, ``num_outputs``, ``spatial_dims``) at
 batch 1. FLOPs follow the published convention (:mod:`logvmamba.profiling.flops`)
 and are counted on the CPU in eval mode; latency and memory are measured on
@@ -14,8 +10,7 @@ and are counted on the CPU in eval mode; latency and memory are measured on
 
 from __future__ import annotations
 
-import argparse
-import json
+import logging
 import os
 import re
 import sys
@@ -24,7 +19,9 @@ from typing import Optional, Sequence
 
 from logvmamba.provenance import git_commit
 
-__all__ = ["SCHEMA", "input_spec", "main", "profile_model", "profile_settings", "provenance"]
+__all__ = ["SCHEMA", "input_spec", "profile_model", "profile_settings", "provenance"]
+
+log = logging.getLogger(__name__)
 
 SCHEMA = "logvmamba.profile/1"
 SIZES = ("paper", "synthetic")
@@ -68,8 +65,6 @@ def input_spec(dataset: str, size: str | Sequence[int] = "paper") -> dict:
         "shape": [1, info.in_channels, *patch],
         "dtype": "float32",
     }
-
-
 
 
 def provenance(device: str, threads: int) -> dict:
@@ -137,6 +132,7 @@ def profile_model(
         measurement failed.
     """
     import torch
+    from tqdm import tqdm
 
     from logvmamba import create_model
     from logvmamba.profiling.flops import count_model_flops
@@ -176,20 +172,32 @@ def profile_model(
         "flops": None,
         "runtime": None,
     }
+    steps = (["flops"] if flops else []) + (list(modes) if runtime else [])
+    # A paper-size 3D network takes minutes per step on a CPU; a bar only where someone watches.
+    bar = tqdm(total=len(steps), desc=f"profile {model} on {dataset}", unit="step", leave=False,
+               disable=not sys.stderr.isatty())
     if flops:
+        bar.set_postfix_str("FLOPs")
+        log.info("%s on %s: counting FLOPs at %s", model, dataset, spec["shape"])
         net.eval()
         torch.manual_seed(0)
         out["flops"] = count_model_flops(net, torch.randn(*spec["shape"]), cross_check=cross_check)
         out["flops"]["device"] = "cpu"
+        bar.update()
     del net, params
     if runtime:
         out["runtime"] = {}
         for mode in modes:
+            bar.set_postfix_str(mode)
+            log.info("%s on %s: timing %s on %s, %d warm-up and %d timed calls", model, dataset, mode, device,
+                     warmup, runs)
             job = dict(model=model, spatial_dims=spec["spatial_dims"], in_channels=spec["in_channels"],
                        out_channels=spec["out_channels"], img_size=spec["img_size"], device=device, mode=mode,
                        warmup=warmup, runs=runs, threads=threads, optimizer=optimizer, amp=amp,
                        model_kwargs=model_kwargs)
             out["runtime"][mode] = run_measurement(job, timeout=timeout)
+            bar.update()
+    bar.close()
     out["provenance"] = provenance(device, threads)
     return out
 
@@ -217,81 +225,3 @@ def profile_settings(arch: str, dataset: str, device: str, settings: dict, model
         timed = profile_model(arch, dataset, device=device, size=runtime_size, runtime=True, flops=False, **common)
         out["runtime"], out["runtime_input"] = timed["runtime"], timed["input"]
     return out
-
-
-def _summary(result: dict) -> str:
-    lines = [f"{result['model']} on {result['dataset']} {tuple(result['input']['shape'])}, {result['device']}",
-             f"  params      {result['params']['total'] / 1e6:.2f} M"]
-    fl = result["flops"]
-    if fl:
-        lines.append(f"  FLOPs       {fl['fvcore_total'] / 1e9:.2f} G (fvcore + scan handle; scan {fl['scan'] / 1e9:.2f} G)")
-        if "flop_counter" in fl:
-            ratio = fl["flop_counter"]["ratio_to_2x_mac_ops"]
-            lines.append(f"  FlopCounter {fl['flop_counter']['total'] / 1e9:.2f} G (2 per MAC; / (2 x fvcore MACs) = "
-                         f"{'-' if ratio is None else f'{ratio:.4f}'})")
-        lines.append(f"  uncounted   {fl['uncounted']['flops_estimate'] / 1e9:.2f} G estimated "
-                     f"({', '.join(fl['uncounted']['ops']) or 'none'})")
-        if fl["unjustified"]:
-            lines.append(f"  UNJUSTIFIED {fl['unjustified']}")
-    for mode, r in (result["runtime"] or {}).items():
-        lines.append(f"  {mode:<11} {1e3 * r['latency_s']['median']:.1f} ms median of {r['runs']}, "
-                     f"peak +{r['memory']['peak_increase_bytes'] / 2**20:.1f} MiB")
-    return "\n".join(lines)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """Command line; returns the exit status (3 when unjustified ops were found)."""
-    from logvmamba.io import atomic_write_text
-
-    parser = argparse.ArgumentParser(prog="python -m logvmamba.profile", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fidelity", action="store_true",
-                        help="print params/GFLOPs against the published table instead (see python -m "
-                             "logvmamba.profiling.fidelity --help for its options; the rest go to it)")
-    parser.add_argument("--model")
-    parser.add_argument("--dataset")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--size", default="paper", help="paper, synthetic, or sizes like 64x96 / 16x64x64")
-    parser.add_argument("--out", help="JSON file to write")
-    parser.add_argument("--no-runtime", action="store_true", help="parameters and FLOPs only")
-    parser.add_argument("--no-cross-check", action="store_true", help="skip the FlopCounterMode cross-check")
-    parser.add_argument("--modes", nargs="+", default=["inference", "train"], choices=["inference", "train"])
-    parser.add_argument("--runs", type=int, default=None, help="timed calls per mode (default 10 CUDA, 3 CPU)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls per mode (default 3 CUDA, 1 CPU)")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
-    parser.add_argument("--amp", action="store_true", help="autocast in the timed calls")
-    parser.add_argument("--model-kwargs", default="{}", help="JSON object of extra create_model keywords")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds per measurement subprocess")
-    parser.add_argument("--allow-unjustified", action="store_true",
-                        help="write the JSON even if fvcore skipped ops without a justification")
-    args, rest = parser.parse_known_args(argv)
-    if args.fidelity:
-        from logvmamba.profiling.fidelity import main as fidelity_main
-
-        return fidelity_main(rest)
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    for name in ("model", "dataset", "out"):
-        if getattr(args, name) is None:
-            parser.error(f"--{name} is required")
-    try:
-        model_kwargs = json.loads(args.model_kwargs)
-    except json.JSONDecodeError as err:
-        parser.error(f"--model-kwargs is not JSON: {err}")
-    if not isinstance(model_kwargs, dict):
-        parser.error("--model-kwargs must be a JSON object")
-    result = profile_model(
-        args.model, args.dataset, device=args.device, size=args.size, runtime=not args.no_runtime,
-        cross_check=not args.no_cross_check, warmup=args.warmup, runs=args.runs, threads=args.threads,
-        optimizer=args.optimizer, amp=args.amp, modes=args.modes, model_kwargs=model_kwargs, timeout=args.timeout,
-    )
-    unjustified = (result["flops"] or {}).get("unjustified")
-    if unjustified and not args.allow_unjustified:
-        print(_summary(result), file=sys.stderr)
-        print(f"error: fvcore skipped ops that JUSTIFIED_UNCOUNTED_OPS does not justify: {unjustified}; count them "
-              "or add a justification in logvmamba/profiling/flops.py (or pass --allow-unjustified); nothing written",
-              file=sys.stderr)
-        return 3
-    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
-    print(_summary(result))
-    return 0

@@ -18,22 +18,16 @@ from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
 
+from logvmamba.data import DATASETS
+
 __all__ = [
-    "METRICS", "MAIN_METRIC", "HIGHER_IS_BETTER", "FIGURE_METRIC", "REFERENCE_METRIC", "SOURCES", "ResultsError",
+    "HIGHER_IS_BETTER", "REFERENCE_METRIC", "SOURCES", "ResultsError",
     "load_runs", "load_cases", "load_profiles", "load_reference", "published", "provenance",
 ]
 
-# The table columns of each dataset, the main metric first (the scoring protocols of datasets.md).
-METRICS: dict[str, list[str]] = {
-    "endoscopy": ["DSC", "NSD"],
-    "cell": ["F1", "DSC"],
-    "brats": ["Dice_WT", "Dice_TC", "Dice_ET", "Dice_mean", "HD95_WT", "HD95_TC", "HD95_ET", "HD95_mean"],
-    "acdc": ["Dice_RV", "Dice_MYO", "Dice_LV", "Dice_mean", "HD95_RV", "HD95_MYO", "HD95_LV", "HD95_mean"],
-}
-MAIN_METRIC = {"endoscopy": "DSC", "cell": "F1", "brats": "Dice_mean", "acdc": "Dice_mean"}
-HIGHER_IS_BETTER = {m: not m.startswith("HD95") for ms in METRICS.values() for m in ms}
-# Figure 5 plots Dice on Cell too (the paper's panel), not the table's main F1.
-FIGURE_METRIC = {"endoscopy": "DSC", "cell": "DSC", "brats": "Dice_mean", "acdc": "Dice_mean"}
+# A dataset's columns, main and figure metric are facts of the dataset (``DATASETS[key]``);
+# the direction is a fact of the metric: distances are better low.
+HIGHER_IS_BETTER = {m: not m.startswith("HD95") for info in DATASETS.values() for m in info.metrics}
 # Our metric names -> the reference file's.
 REFERENCE_METRIC = {"DSC": "dsc", "NSD": "nsd", "F1": "f1", "params_M": "params_M", "gflops": "gflops"}
 SOURCES = {
@@ -66,7 +60,7 @@ def load_runs(root: str | Path, grid: Iterable[tuple[str, str, int]]) -> pd.Data
     for dataset, model, seed in grid:
         path = _run_dir(Path(root), dataset, model, seed) / "summary.json"
         summary = _read_json(path)
-        for metric in METRICS[dataset]:
+        for metric in DATASETS[dataset].metrics:
             value = summary.get(metric)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ResultsError(f"{path}: no numeric {metric!r}")
@@ -86,14 +80,15 @@ def load_cases(root: str | Path, grid: Iterable[tuple[str, str, int]]) -> pd.Dat
             raise ResultsError(f"{path}: file not found (run the workflow target that makes it)") from None
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
             raise ResultsError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from None
+        metrics = list(DATASETS[dataset].metrics)
         for name, prefix in MEAN_OF.items():
-            if name in METRICS[dataset]:
+            if name in metrics:
                 parts = [c for c in table.columns if c.startswith(prefix)]
                 table[name] = table[parts].mean(axis=1, skipna=False)
-        missing = [m for m in METRICS[dataset] if m not in table.columns]
+        missing = [m for m in metrics if m not in table.columns]
         if "case_id" not in table.columns or missing:
             raise ResultsError(f"{path}: missing columns {(['case_id'] if 'case_id' not in table else []) + missing}")
-        long = table.melt(id_vars="case_id", value_vars=METRICS[dataset], var_name="metric", value_name="value")
+        long = table.melt(id_vars="case_id", value_vars=metrics, var_name="metric", value_name="value")
         frames.append(long.assign(dataset=dataset, model=model, seed=int(seed)))
     columns = ["dataset", "model", "seed", "case_id", "metric", "value"]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)

@@ -8,8 +8,8 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
+from logvmamba.data import DATASETS
 from logvmamba.reporting.collect import (
-    FIGURE_METRIC,
     HIGHER_IS_BETTER,
     load_cases,
     load_profiles,
@@ -74,14 +74,15 @@ def figure_points(runs: pd.DataFrame, profiles: pd.DataFrame, reference: pd.Data
     """(points, published) frames of one Figure 5 variant: each seed's figure-metric score against cost ``x``."""
     column, _, pub_metric = FIGURE_AXES[x]
     prof = profiles[profiles.device == device].set_index(["dataset", "model"])[column]
-    keep = runs[runs.model.isin(models) & (runs.metric == runs.dataset.map(FIGURE_METRIC))]
+    figure_metric = {key: info.figure_metric for key, info in DATASETS.items()}
+    keep = runs[runs.model.isin(models) & (runs.metric == runs.dataset.map(figure_metric))]
     points = pd.DataFrame({
         "dataset": keep.dataset, "model": keep.model, "seed": keep.seed, "score": keep.value,
         "x": [float(prof.get((d, m), math.nan)) for d, m in zip(keep.dataset, keep.model)],
     })
     rows = []
     for dataset in dict.fromkeys(points.dataset):
-        metric = FIGURE_METRIC[dataset]
+        metric = DATASETS[dataset].figure_metric
         for model in models:
             for source in FIGURE_SOURCES:
                 score = published(reference, dataset, model, metric, source)
@@ -106,7 +107,7 @@ def _figure_caption(config: Mapping, prov: Mapping, x: str, device: str, profile
                 "not comparable with the published (hollow) points")
     else:
         data = f"{prov['data'].capitalize()} data"
-    metric = ", ".join(f"{d}: {m}" for d, m in FIGURE_METRIC.items() if d in set(profiles.dataset))
+    metric = ", ".join(f"{d}: {info.figure_metric}" for d, info in DATASETS.items() if d in set(profiles.dataset))
     dev = next((r.device_name for r in profiles.itertuples() if r.device == device), device)
     flops_inputs = ", ".join(dict.fromkeys(f"{r.dataset} {r.flops_input}" for r in profiles.itertuples()))
     cost = {"gflops": f"GFLOPs (fvcore, scans counted) of the paper's architectures at inputs {flops_inputs}",
@@ -124,7 +125,6 @@ def figures_from_results(config: Mapping, root: str | Path, reference_csv, confi
     """Figure 5 against GFLOPs, parameters and latency, PNG and PDF each."""
     from logvmamba.config import model_label
     from logvmamba.reporting.figures import efficiency_figure
-    from logvmamba.reporting.tables import TITLES
 
     _, runs, profiles, reference, prov = _collect(config, root, reference_csv, configs, ablations=False)
     models = list(config["models"])
@@ -138,8 +138,8 @@ def figures_from_results(config: Mapping, root: str | Path, reference_csv, confi
         caption = _figure_caption(config, prov, x, device, profiles, len(config["seeds"]), pub)
         written += efficiency_figure(
             points, pub, Path(out_dir) / f"figure5_{x}.png", Path(out_dir) / f"figure5_{x}.pdf",
-            x_label=x_label, y_labels={d: f"{m.replace('_mean', ' mean')}" for d, m in FIGURE_METRIC.items()},
-            titles={d: TITLES[d] for d in datasets}, labels=labels, reference=_reference_model(config),
+            x_label=x_label, y_labels={d: info.figure_metric.replace("_mean", " mean") for d, info in DATASETS.items()},
+            titles={d: DATASETS[d].short_title for d in datasets}, labels=labels, reference=_reference_model(config),
             annotate=settings.get("annotate", ["nnunet", "umamba_enc", "swin_unetr"]), caption=caption,
             datasets=datasets,
         )

@@ -18,21 +18,13 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
+from logvmamba.data import DATASETS
 from logvmamba.io import atomic_write_text
-from logvmamba.reporting.collect import (
-    HIGHER_IS_BETTER,
-    MAIN_METRIC,
-    METRICS,
-    SOURCES,
-    published,
-)
+from logvmamba.reporting.collect import HIGHER_IS_BETTER, SOURCES, published
 
 __all__ = ["Column", "Table", "table_names", "build_tables", "write_tables", "render_markdown", "render_latex",
            "render_html", "render_csv"]
 
-ABLATION_METRICS = {"endoscopy": ["DSC", "NSD"], "cell": ["F1", "DSC"], "brats": ["Dice_mean", "HD95_mean"],
-                    "acdc": ["Dice_mean", "HD95_mean"]}
-TITLES = {"endoscopy": "Endoscopy", "cell": "Cell", "brats": "BraTS", "acdc": "ACDC"}
 SOURCE_TAGS = {source: tag for source, tag in zip(SOURCES, "abcdefgh")}
 ALPHA = 0.05
 
@@ -57,9 +49,11 @@ class Table:
 
 
 def _is_2d(dataset: str) -> bool:
-    from logvmamba.data import DATASETS
-
     return DATASETS[dataset].spatial_dims == 2
+
+
+def _title(dataset: str) -> str:
+    return DATASETS[dataset].short_title
 
 
 def table_names(config: Mapping, datasets: Sequence[str]) -> list[str]:
@@ -108,11 +102,11 @@ def _metric_columns(dataset: str, metrics: Sequence[str], models, reference, wit
     cols = []
     if with_cost:
         for metric, header, dec in (("params_M", "Params (M)", 2), ("gflops", "GFLOPs", 1)):
-            cols.append(Column(f"{dataset}_{metric}", f"{TITLES[dataset]} {header}", dec, higher=False))
+            cols.append(Column(f"{dataset}_{metric}", f"{_title(dataset)} {header}", dec, higher=False))
             cols += [Column(f"{dataset}_{metric}_pub_{SOURCE_TAGS[s]}", f"pub. [{SOURCE_TAGS[s]}]", dec, source=s)
                      for s in _sources_with(reference, [dataset], models, metric)]
     for metric in metrics:
-        cols.append(Column(f"{dataset}_{metric}", f"{TITLES[dataset]} {_display(metric)}", _decimals(metric),
+        cols.append(Column(f"{dataset}_{metric}", f"{_title(dataset)} {_display(metric)}", _decimals(metric),
                            higher=HIGHER_IS_BETTER[metric]))
         cols += [Column(f"{dataset}_{metric}_pub_{SOURCE_TAGS[s]}", f"pub. [{SOURCE_TAGS[s]}]", _decimals(metric), source=s)
                  for s in _sources_with(reference, [dataset], models, metric)]
@@ -167,14 +161,17 @@ def _caption(prov: Mapping, config: Mapping, extra: str = "", stats_note: bool =
 def _cost_note(profiles: pd.DataFrame) -> str:
     if profiles is None or not len(profiles):
         return ""
-    sizes = list(dict.fromkeys(f"{TITLES.get(r.dataset, r.dataset)} {r.flops_input}" for r in profiles.itertuples()))
+    sizes = list(dict.fromkeys(f"{_title(r.dataset)} {r.flops_input}" for r in profiles.itertuples()))
     return (f"Params and GFLOPs (fvcore, scans counted): the paper's architectures built for the inputs "
             f"{', '.join(sizes)} (batch 1).")
 
 
-def _model_table(name, title, datasets, models, metrics, runs, profiles, stats, reference, config, prov,
+def _model_table(name, title, datasets, models, field_name, runs, profiles, stats, reference, config, prov,
                  with_cost=True) -> Table:
+    """One row per model over ``datasets``; ``field_name``: the DatasetInfo field listing the columns."""
     from logvmamba.config import model_label
+
+    metrics = {d: list(getattr(DATASETS[d], field_name)) for d in datasets}
 
     seeds, marks = _seed_stats(runs), _marks(stats)
     columns = [c for d in datasets for c in _metric_columns(d, metrics[d], models, reference, with_cost)]
@@ -202,7 +199,7 @@ def _efficiency_table(profiles, reference, config, prov) -> Table:
              Column("memory_inference_MiB", "Inference peak (MiB)", 0, higher=False),
              Column("latency_train_ms", "Train step (ms)", 1, higher=False),
              Column("memory_train_MiB", "Train peak (MiB)", 0, higher=False)]
-    sizes = "; ".join(sorted({f"{TITLES.get(r.dataset, r.dataset)}: FLOPs at {r.flops_input}"
+    sizes = "; ".join(sorted({f"{_title(r.dataset)}: FLOPs at {r.flops_input}"
                               + (f", runtime at {r.runtime_input}" if r.runtime_input else ", runtime not measured")
                               for r in profiles.itertuples()}))
     devices = "; ".join(prov["profile_devices"])
@@ -218,7 +215,7 @@ def _efficiency_table(profiles, reference, config, prov) -> Table:
                        ours="Ours: the paper's architectures, measured by the suite's profile rule.")
     table = Table("efficiency", title, caption, ["Dataset", "Model", "Device"], cols)
     for r in profiles.itertuples():
-        row = {"Dataset": TITLES.get(r.dataset, r.dataset), "Model": model_label(config, r.model), "Device": r.device,
+        row = {"Dataset": _title(r.dataset), "Model": model_label(config, r.model), "Device": r.device,
                "_group": (r.dataset, r.device), "_model": r.model}
         for col in cols:
             if col.source is not None:
@@ -244,9 +241,9 @@ def _statistics_table(stats: pd.DataFrame, config, prov) -> Table:
     table = Table("statistics", "Statistics: bootstrap confidence intervals and paired tests", caption,
                   ["Dataset", "Metric", "Model"], cols)
     for dataset, group in stats.groupby("dataset", sort=False):
-        main = MAIN_METRIC[dataset]
+        main = DATASETS[dataset].main_metric
         for r in group[group.metric == main].itertuples():
-            row = {"Dataset": TITLES.get(dataset, dataset), "Metric": _display(main), "Model": model_label(config, r.model),
+            row = {"Dataset": _title(dataset), "Metric": _display(main), "Model": model_label(config, r.model),
                    "_model": r.model}
             for col in cols:
                 value = getattr(r, col.key)
@@ -266,7 +263,7 @@ def build_tables(config: Mapping, runs: pd.DataFrame, profiles: pd.DataFrame, st
         if name in ("main_2d", "main_3d"):
             ds = [d for d in main if _is_2d(d) == (name == "main_2d")]
             title = "Main results, 2D datasets" if name == "main_2d" else "Main results, 3D datasets"
-            tables.append(_model_table(name, title, ds, list(config["models"]), METRICS, runs, profiles, stats, reference,
+            tables.append(_model_table(name, title, ds, list(config["models"]), "metrics", runs, profiles, stats, reference,
                                        config, prov))
         elif name.startswith("ablation_"):
             kind = name.split("_", 1)[1]
@@ -274,7 +271,7 @@ def build_tables(config: Mapping, runs: pd.DataFrame, profiles: pd.DataFrame, st
             ds = [d for d in abl.get("datasets", config["datasets"]) if d in datasets]
             title = ("Ablation: token mixers (vanilla, L, G, LoG)" if kind == "mixers"
                      else "Ablation: global-token placement (head, center, split, interleaved)")
-            tables.append(_model_table(name, title, ds, abl[kind], ABLATION_METRICS, runs, profiles, stats, reference,
+            tables.append(_model_table(name, title, ds, abl[kind], "ablation_metrics", runs, profiles, stats, reference,
                                        config, prov))
         elif name == "efficiency":
             models = {m: i for i, m in enumerate(list(config["models"]) + ablation_models(config))}

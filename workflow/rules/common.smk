@@ -1,13 +1,21 @@
 from pathlib import Path
 
-from logvmamba.config import check_models, dataset_recipe, model_spec, weight_recipe
+from logvmamba.config import RECIPES, check_models, dataset_recipe, model_spec, weight_recipe
 from logvmamba.config import run_grid as config_run_grid
+from logvmamba.data import DATASETS
 from logvmamba.reporting.tables import table_names
 
 check_models(config)
 
 # The published numbers are part of the checkout, wherever --directory puts the results.
 REFERENCE = f"{workflow.basedir}/results/reference/reference_results.csv"
+
+
+# For every rule: a dataset is a registered key (so results/tables/... is never a dataset).
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    seed=r"\d+",
+    device="cpu|cuda",
 
 
 def run_grid(dataset=None, ablations=True):
@@ -18,14 +26,19 @@ def run_datasets():
     return list(dict.fromkeys(d for d, _, _ in run_grid()))
 
 
+def run_paths(pattern, runs):
+    """A rule's output ``pattern`` for each (dataset, model, seed) of ``runs``."""
+    return [pattern.format(dataset=d, model=m, seed=s) for d, m, s in runs]
+
+
 def all_metric_files(dataset=None, ablations=True):
-    return [f"results/{d}/{m}/seed{s}/summary.json" for d, m, s in run_grid(dataset, ablations)]
+    return run_paths(rules.evaluate.output.summary, run_grid(dataset, ablations))
 
 
 def config_files():
     """The config files this run reads, so that editing them reruns what depends on them."""
     defaults = [f"{workflow.basedir}/config/config.yaml"]
-    return [f"{workflow.basedir}/config/recipes.yaml"] + [str(p) for p in (workflow.overwrite_configfiles or defaults)]
+    return [str(RECIPES)] + [str(p) for p in (workflow.overwrite_configfiles or defaults)]
 
 
 def train_recipe(wildcards):
@@ -42,7 +55,8 @@ def predict_settings(wildcards):
 def all_profile_files(ablations=True):
     """One profile per configured model x dataset x device."""
     pairs = dict.fromkeys((d, m) for d, m, _ in run_grid(ablations=ablations))
-    return [f"results/{d}/{m}/profile_{device}.json" for d, m in pairs for device in config["profile"]["devices"]]
+    devices = config["profile"]["devices"]
+    return [rules.profile.output.json.format(dataset=d, model=m, device=x) for d, m in pairs for x in devices]
 
 
 def paper_spec(wildcards):
@@ -68,12 +82,13 @@ def run_files(wildcards):
     """Summaries and per-case scores of every run on one dataset."""
     runs = run_grid(wildcards.dataset)
     return {
-        "summaries": [f"results/{d}/{m}/seed{s}/summary.json" for d, m, s in runs],
-        "per_case": [f"results/{d}/{m}/seed{s}/per_case.csv" for d, m, s in runs],
+        "summaries": run_paths(rules.evaluate.output.summary, runs),
+        "per_case": run_paths(rules.evaluate.output.per_case, runs),
     }
 
 
 def table_files():
+    """What the tables rule writes (its output, so paths rather than another rule's)."""
     names = table_names(config, run_datasets())
     return [f"results/tables/{n}.{ext}" for n in names for ext in ("csv", "md", "tex", "html")]
 
@@ -86,4 +101,4 @@ def figure_files():
 
 
 def stats_files():
-    return [f"results/tables/stats_{d}.csv" for d in run_datasets()]
+    return [rules.stats.output.csv.format(dataset=d) for d in run_datasets()]

@@ -8,8 +8,6 @@ rule prepare_data:
         synthetic=config["synthetic"],
         cases=config.get("synthetic_cases"),
         seed=config["seeds"][0],
-    wildcard_constraints:
-        dataset="endoscopy|cell|brats|acdc",
     conda:
         "../envs/suite.yaml"
     script:
@@ -18,7 +16,7 @@ rule prepare_data:
 
 rule split:
     input:
-        marker="resources/prepared/{dataset}.json",
+        marker=rules.prepare_data.output.marker,
     output:
         splits="results/{dataset}/splits_final.json",
     log:

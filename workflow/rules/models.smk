@@ -17,8 +17,6 @@ rule profile:
     params:
         spec=paper_spec,
         settings=profile_params,
-    wildcard_constraints:
-        device="cpu|cuda",
     resources:
         gpu=gpu_count,
     conda:

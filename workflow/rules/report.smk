@@ -5,8 +5,6 @@ rule stats:
         csv="results/tables/stats_{dataset}.csv",
     log:
         "logs/stats/{dataset}.log",
-    wildcard_constraints:
-        dataset="endoscopy|cell|brats|acdc",
     conda:
         "../envs/suite.yaml"
     script:

@@ -1,7 +1,7 @@
 rule train:
     input:
-        marker="resources/prepared/{dataset}.json",
-        splits="results/{dataset}/splits_final.json",
+        marker=rules.prepare_data.output.marker,
+        splits=rules.split.output.splits,
     output:
         checkpoint="results/{dataset}/{model}/seed{seed}/checkpoint_best.pt",
         log_csv="results/{dataset}/{model}/seed{seed}/log.csv",
@@ -21,8 +21,8 @@ rule train:
 
 rule predict:
     input:
-        marker="resources/prepared/{dataset}.json",
-        checkpoint="results/{dataset}/{model}/seed{seed}/checkpoint_best.pt",
+        marker=rules.prepare_data.output.marker,
+        checkpoint=rules.train.output.checkpoint,
     output:
         predictions=directory("results/{dataset}/{model}/seed{seed}/predictions"),
     log:
@@ -40,8 +40,8 @@ rule predict:
 
 rule evaluate:
     input:
-        marker="resources/prepared/{dataset}.json",
-        predictions="results/{dataset}/{model}/seed{seed}/predictions",
+        marker=rules.prepare_data.output.marker,
+        predictions=rules.predict.output.predictions,
     output:
         summary="results/{dataset}/{model}/seed{seed}/summary.json",
         per_case="results/{dataset}/{model}/seed{seed}/per_case.csv",
