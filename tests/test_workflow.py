@@ -62,6 +62,23 @@ def test_paper_real_run_fails_fast_with_the_missing_dataset_message(tmp_path):
     assert "Dataset704_Endovis17" in log and "http" in log
 
 
+def test_the_default_profile_is_loaded(tmp_path, monkeypatch):
+    """Snakemake finds profiles/default beside the Snakefile, from any working directory."""
+    from snakemake.cli import parse_args
+
+    monkeypatch.chdir(tmp_path)
+    _, args = parse_args(["-n", "--snakefile", str(ROOT / "Snakefile"), "all_tables"])
+    assert args.rerun_incomplete and args.printshellcmds
+    _, args = parse_args(["-n", "--snakefile", str(ROOT / "Snakefile"), "--workflow-profile", "none", "all_tables"])
+    assert not args.rerun_incomplete
+
+
+def test_every_script_is_used_by_a_rule():
+    rules = "".join(f.read_text() for f in [ROOT / "Snakefile", *(ROOT / "workflow/rules").glob("*.smk")])
+    used = set(re.findall(r'"\.\./scripts/(\w+\.py)"', rules))
+    assert used == {p.name for p in (ROOT / "workflow/scripts").glob("*.py")}
+
+
 def test_lint_is_clean():
     code, out = _snakemake("--lint")
     assert code == 0 and "Congratulations" in out, out[-2000:]
@@ -92,6 +109,13 @@ def test_a_new_baseline_is_one_file_and_one_config_line(tmp_path):
     code, out = _snakemake(*args)
     assert code != 0 and "'my_unet' needs the architecture 'my_unet', which no module registers" in out
     env = dict(os.environ, PYTHONPATH=str(tmp_path), LOGVMAMBA_MODEL_MODULES="my_unet")
+    # Without its tiny variant the default config (model_variant: test) stops and says how to fix it.
+    (tmp_path / "my_unet.py").write_text(_readme_baseline().split("@register_model\ndef my_unet_test", 1)[0])
+    out = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", *args], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0 and "no 'my_unet_test' variant" in text and "model_variant: paper" in text, text[-3000:]
+    (tmp_path / "my_unet.py").write_text(_readme_baseline())
     out = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", *args], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
