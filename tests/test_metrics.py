@@ -13,7 +13,6 @@ import pytest
 from logvmamba.data import RawDataset
 from logvmamba.data.raw import save_png
 from logvmamba.evaluation import (
-    MAIN_METRIC,
     aggregate,
     class_regions,
     dice,
@@ -406,7 +405,7 @@ def test_aggregate_keys_and_main_scores():
     assert brats["main"] == brats["Dice_mean"]
     assert {f"{m}_{r}" for m in ("Dice", "HD95") for r in ("WT", "TC", "ET")} <= set(brats)
     acdc = aggregate([score_acdc_case(gt, gt)], "acdc")
-    assert acdc["main"] == 1.0 and acdc["HD95_mean"] == 0.0 and acdc["main_metric"] == MAIN_METRIC["acdc"]
+    assert acdc["main"] == 1.0 and acdc["HD95_mean"] == 0.0 and acdc["main_metric"] == "Dice_mean"
 
 
 # ----------------------------------------------------------------------------

@@ -52,7 +52,7 @@ from logvmamba.evaluation.metrics import (
     surface_dice,
 )
 from logvmamba.evaluation.protocols import (
-    MAIN_METRIC,
+    PROTOCOLS,
     aggregate,
     class_regions,
     score_acdc_case,
@@ -63,8 +63,8 @@ from logvmamba.evaluation.protocols import (
 )
 
 __all__ = [
-    "MAIN_METRIC",
     "PER_CASE_FILE",
+    "PROTOCOLS",
     "SUMMARY_FILE",
     "aggregate",
     "class_regions",

@@ -97,7 +97,7 @@ def evaluate_predictions(dataset, pred_dir: str | os.PathLike, case_ids: Sequenc
         pred, _ = _read_label(pred_file)
         if pred.shape != gt.shape:
             raise ValueError(f"{pred_file}: shape {pred.shape} does not match the ground truth {gt.shape}")
-        instances = ds.read_instances(files) if info.key == "cell" else None
+        instances = ds.read_instances(files) if info.instance_labels else None
         rows.append({"case_id": case_id, **score_case(info, pred, gt, spacing=spacing, instances=instances,
                                                       **options)})
 

@@ -1,12 +1,14 @@
-"""The four scoring protocols: one function per dataset, per case; :func:`aggregate` over cases.
+"""The four scoring protocols, per case (:func:`score_case`) and over cases (:func:`aggregate`).
 
 Inputs are integer label maps as stored on disk (``(H, W)`` or ``(X, Y, Z)``);
 BraTS also takes region masks ``(R, X, Y, Z)``. Each ``score_*_case`` returns a
 flat ``dict`` of floats (and a few integer counts), one row of the per-case
 table; :func:`aggregate` turns the table into the dataset's summary, with the
-dataset's main score under ``"main"``.
+dataset's main score (``DatasetInfo.main_metric``) under ``"main"``. Both
+dispatch on ``DatasetInfo.scoring`` through :data:`PROTOCOLS`; the sections
+below are named by dataset, with their protocol name.
 
-endoscopy (U-Mamba ``endoscopy_DSC_Eval.py`` / ``endoscopy_NSD_Eval.py``)
+endoscopy, ``endovis`` (U-Mamba ``endoscopy_DSC_Eval.py`` / ``endoscopy_NSD_Eval.py``)
     Per image, the labels present in ground truth *or* prediction (background
     0 excluded): a label only in the prediction scores DSC 0 and NSD 0; a
     label only in the ground truth scores 0 as well (DeepMind's Dice and
@@ -17,7 +19,7 @@ endoscopy (U-Mamba ``endoscopy_DSC_Eval.py`` / ``endoscopy_NSD_Eval.py``)
     over images. An image with no foreground on either side (U-Mamba's script
     stops on an assertion there) scores DSC 1 and NSD 1, ``n_labels`` 0.
     U-Mamba rounds each image to 4 decimals before averaging; we do not.
-cell (U-Mamba ``compute_cell_metric.py``, from StarDist's matching)
+cell, ``instances`` (U-Mamba ``compute_cell_metric.py``, from StarDist's matching)
     Predicted instances are the 8-connected components of the interior class
     (``measure.label(seg == 1)``: no dilation into the boundary class, no
     small-object removal, exactly as U-Mamba). Ground truth instances are the
@@ -33,14 +35,14 @@ cell (U-Mamba ``compute_cell_metric.py``, from StarDist's matching)
     boundary) against ground-truth cells (instance mask ``> 0``, else label
     ``> 0``), computed before border removal; ``DSC_interior`` is U-Mamba's
     ``dice`` column, prediction interior only against ground-truth cells.
-brats (LoG-VMamba / BraTS)
+brats, ``regions`` (LoG-VMamba / BraTS)
     Regions from the registry's dataset.json labels (whole tumour {1,2,3},
     tumour core {2,3}, enhancing tumour {3} in nnU-Net's remapped labels):
     Dice and HD95 per region. Both empty -> Dice 1, HD95 0; one empty ->
     Dice 0, HD95 = the image diagonal (373.13 on BraTS' 240 x 240 x 155 1 mm
     grid, the BraTS challenge penalty). Spacing from the NIfTI (1 mm for
     BraTS). Main score: mean Dice over WT, TC, ET.
-acdc
+acdc, ``classes``
     Dice and HD95 (mm, from the NIfTI spacing) for RV, MYO, LV (labels 1, 2,
     3), with the same empty rules as BraTS. Main score: mean Dice over the
     three classes.
@@ -52,16 +54,18 @@ sets pooled), which LoG-VMamba's BraTS evaluation uses; see
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from logvmamba.data.registry import DatasetInfo, find_info
+from logvmamba.data.registry import DATASETS, DatasetInfo, find_info
 from logvmamba.evaluation import metrics as M
 
 __all__ = [
-    "MAIN_METRIC",
+    "PROTOCOLS",
+    "Protocol",
     "aggregate",
     "class_regions",
     "score_acdc_case",
@@ -70,10 +74,6 @@ __all__ = [
     "score_cell_case",
     "score_endoscopy_case",
 ]
-
-#: per dataset: the summary key that is the dataset's main score
-MAIN_METRIC = {"endoscopy": "DSC", "cell": "F1", "brats": "Dice_mean", "acdc": "Dice_mean"}
-
 
 def _info(dataset) -> DatasetInfo:
     """A dataset key / folder name, a :class:`DatasetInfo` or a ``RawDataset`` -> its :class:`DatasetInfo`."""
@@ -86,7 +86,7 @@ def _info(dataset) -> DatasetInfo:
         if info is None and isinstance(getattr(dataset, "path", None), (str, os.PathLike)):
             info = find_info(os.fspath(dataset.path))
     if info is None:
-        raise KeyError(f"unknown dataset {dataset!r}; known: {', '.join(MAIN_METRIC)}")
+        raise KeyError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
     return info
 
 
@@ -266,20 +266,14 @@ def score_case(dataset, pred, gt, spacing=None, instances=None, **options) -> di
         instances: cell ground-truth instance mask.
         options: passed to the protocol function.
     """
-    key = _info(dataset).key
+    info = _info(dataset)
     if hasattr(gt, "label"):
         spacing = getattr(gt, "spacing", None) if spacing is None else spacing
         instances = getattr(gt, "instances", None) if instances is None else instances
         gt = gt.label
     pred = np.asarray(pred) if pred is not None else None
     gt = np.asarray(gt) if gt is not None else None
-    if key == "endoscopy":
-        return score_endoscopy_case(pred, gt, **options)
-    if key == "cell":
-        return score_cell_case(pred, gt, instances=instances, **options)
-    if key == "brats":
-        return score_brats_case(pred, gt, spacing=spacing, **options)
-    return score_acdc_case(pred, gt, spacing=spacing, **options)
+    return _protocol(info).score(info, pred, gt, spacing=spacing, instances=instances, **options)
 
 
 # ----------------------------------------------------------------------------
@@ -301,24 +295,71 @@ def aggregate(per_case, dataset) -> dict:
     info = _info(dataset)
     table = per_case if isinstance(per_case, pd.DataFrame) else pd.DataFrame(list(per_case))
     n = len(table)
-
-    def mean(col: str) -> float:
-        return float(table[col].mean()) if n else float("nan")
-
-    if info.key == "endoscopy":
-        out = {"DSC": mean("DSC"), "NSD": mean("NSD")}
-    elif info.key == "cell":
-        out = {"F1": mean("F1"), "F1_median": float(table["F1"].median()) if n else float("nan"),
-               "precision": mean("precision"), "recall": mean("recall"),
-               "DSC": mean("DSC"), "DSC_interior": mean("DSC_interior")}
-        out.update({k: int(table[k].sum()) for k in ("n_true", "n_pred", "tp", "fp", "fn")})
-    else:
-        names = [name for name, _ in class_regions(info)]
-        out = {}
-        for metric in ("Dice", "HD95"):
-            for name in names:
-                out[f"{metric}_{name}"] = mean(f"{metric}_{name}")
-            out[f"{metric}_mean"] = float(np.mean([out[f"{metric}_{name}"] for name in names]))
-    main = MAIN_METRIC[info.key]
+    out = _protocol(info).aggregate(info, table)
+    main = info.main_metric
     out.update({"main": out[main], "main_metric": main, "n_cases": n})
     return out
+
+
+def _mean(table, col: str) -> float:
+    return float(table[col].mean()) if len(table) else float("nan")
+
+
+def _score_endovis(info, pred, gt, spacing=None, instances=None, **options):
+    return score_endoscopy_case(pred, gt, **options)
+
+
+def _score_instances(info, pred, gt, spacing=None, instances=None, **options):
+    return score_cell_case(pred, gt, instances=instances, **options)
+
+
+def _score_per_class(info, pred, gt, spacing=None, instances=None, regions=None):
+    return _dice_hd95(pred, gt, regions or class_regions(info), spacing)
+
+
+def _aggregate_endovis(info, table) -> dict:
+    return {"DSC": _mean(table, "DSC"), "NSD": _mean(table, "NSD")}
+
+
+def _aggregate_instances(info, table) -> dict:
+    out = {"F1": _mean(table, "F1"), "F1_median": float(table["F1"].median()) if len(table) else float("nan"),
+           "precision": _mean(table, "precision"), "recall": _mean(table, "recall"),
+           "DSC": _mean(table, "DSC"), "DSC_interior": _mean(table, "DSC_interior")}
+    out.update({k: int(table[k].sum()) for k in ("n_true", "n_pred", "tp", "fp", "fn")})
+    return out
+
+
+def _aggregate_per_class(info, table) -> dict:
+    names = [name for name, _ in class_regions(info)]
+    out = {}
+    for metric in ("Dice", "HD95"):
+        for name in names:
+            out[f"{metric}_{name}"] = _mean(table, f"{metric}_{name}")
+        out[f"{metric}_mean"] = float(np.mean([out[f"{metric}_{name}"] for name in names]))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """A scoring protocol: ``score(info, pred, gt, spacing=, instances=, **options) -> row`` and
+    ``aggregate(info, table) -> summary`` (without ``main``, ``main_metric``, ``n_cases``)."""
+
+    score: Callable[..., dict]
+    aggregate: Callable[..., dict]
+
+
+#: ``DatasetInfo.scoring`` -> its protocol
+PROTOCOLS = {
+    "endovis": Protocol(_score_endovis, _aggregate_endovis),
+    "instances": Protocol(_score_instances, _aggregate_instances),
+    "regions": Protocol(_score_per_class, _aggregate_per_class),
+    "classes": Protocol(_score_per_class, _aggregate_per_class),
+}
+
+
+def _protocol(info: DatasetInfo) -> Protocol:
+    try:
+        return PROTOCOLS[info.scoring]
+    except KeyError:
+        raise KeyError(f"{info.key}: unknown scoring protocol {info.scoring!r}; known: "
+                       f"{', '.join(PROTOCOLS)}") from None
