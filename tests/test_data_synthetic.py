@@ -120,10 +120,17 @@ def test_generation_is_deterministic(tmp_path, key, data_helpers):
     assert images_a.isdisjoint(images_c)
 
 
-def test_more_cases_keep_the_first_ones():
-    first = synthetic.cell_case(synthetic._rng(0, "cell", 3))
-    again = synthetic.cell_case(synthetic._rng(0, "cell", 3))
-    assert all(np.array_equal(x, y) for x, y in zip(first, again))
+def test_more_cases_keep_the_first_ones(tmp_path, data_helpers):
+    five = data_helpers.tree_files(synthetic.generate("cell", tmp_path / "five", seed=3, num_cases=5, num_test=0,
+                                                      write_splits=False))
+    eight = data_helpers.tree_files(synthetic.generate("cell", tmp_path / "eight", seed=3, num_cases=8, num_test=0,
+                                                       write_splits=False))
+    cases = {k: v for k, v in five.items() if k != "dataset.json"}
+    assert len(cases) == 5 * 3  # image, label, instance mask per case
+    assert all(eight[k] == v for k, v in cases.items())
+    other = data_helpers.tree_files(synthetic.generate("cell", tmp_path / "other", seed=4, num_cases=5, num_test=0,
+                                                       write_splits=False))
+    assert all(other[k] != v for k, v in cases.items() if k.startswith("images"))
 
 
 def test_generate_refuses_to_overwrite_and_cleans_up(tmp_path):
@@ -147,6 +154,7 @@ def test_synthetic_command(tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_generate_all_is_fast(tmp_path):
     import time
     start = time.perf_counter()
