@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -87,8 +88,10 @@ def evaluate_predictions(dataset, pred_dir: str | os.PathLike, case_ids: Sequenc
             raise FileNotFoundError(f"{pred_dir}: no prediction for {len(missing)} case(s): "
                                     f"{', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}")
 
+    from tqdm import tqdm
+
     rows = []
-    for case_id in case_ids:
+    for case_id in tqdm(case_ids, desc="score", unit="case", disable=not sys.stderr.isatty(), leave=False):
         files = ds.get(case_id, subset)
         if files.label is None:
             raise FileNotFoundError(f"{ds.path}: case {case_id!r} has no ground-truth label file")
