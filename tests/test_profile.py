@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 import torch.nn as nn
+from fvcore.nn import parameter_count
 
 from logvmamba import create_model
 from logvmamba.data import DATASETS
@@ -12,6 +13,7 @@ from logvmamba.models.mamba_layer import Mamba
 from logvmamba.ops import selective_scan
 from logvmamba.profiling import JUSTIFIED_UNCOUNTED_OPS, SCHEMA, count_model_flops, input_spec, profile_model
 from logvmamba.profiling.fidelity import _compare, fidelity_rows, load_published, reference_path
+from logvmamba.reporting.collect import load_reference
 from logvmamba.profile import main as profile_main
 from logvmamba.profiling.runtime import measure
 
@@ -116,9 +118,10 @@ def test_profile_command_writes_the_json_with_provenance(tmp_path):
     result = json.loads(path.read_text())
     assert result["schema"] == SCHEMA and result["model"] == "umamba_bot_test" and result["device"] == "cpu"
     assert result["input"]["shape"] == [1, 3, 32, 32]
-    assert result["params"]["total"] == sum(
-        p.numel() for p in create_model("umamba_bot_test", spatial_dims=2, in_channels=3, out_channels=3,
-                                        img_size=(32, 32)).parameters())
+    # fvcore's parameter_count is an independent count of the same network
+    net = create_model("umamba_bot_test", spatial_dims=2, in_channels=3, out_channels=3, img_size=(32, 32))
+    assert result["params"]["total"] == parameter_count(net)[""] == result["params"]["trainable"]
+    assert result["params"]["bytes"] == 4 * result["params"]["total"]  # float32
     flops = result["flops"]
     assert flops["fvcore_total"] > flops["mac_ops"] > 0 and flops["scan"] > 0 and flops["unjustified"] == {}
     assert flops["flop_counter"]["ratio_to_2x_mac_ops"] == pytest.approx(1.0)
@@ -171,27 +174,30 @@ def test_published_table_is_read_from_the_reference_csv():
 
 
 def test_fidelity_command_lists_registered_and_missing_models(tmp_path, capsys):
-    params = sum(p.numel() for p in create_model("umamba_bot_test", spatial_dims=2, in_channels=3, out_channels=8,
-                                                 img_size=(384, 640)).parameters()) / 1e6
+    # SegResNet's rows of the published table, as source "test"; plus a figure far off and an unknown method
+    reference = load_reference(reference_path())
+    rows = reference[(reference.source == "swin-umamba-paper-table") & (reference.method == "segresnet")
+                     & (reference.dataset == "endoscopy") & reference.metric.isin(["params_M", "gflops"])]
+    assert len(rows) == 2
     csv = tmp_path / "reference.csv"
     csv.write_text(
         "source,dataset,method,metric,value,note\n"
-        f"test,endoscopy,umamba_bot_test,params_M,{params:.4f},\n"
-        "test,cell,umamba_bot_test,params_M,100,\n"
+        + "".join(f"test,endoscopy,segresnet,{r.metric},{r.value_text},\n" for r in rows.itertuples())
+        + "test,cell,segresnet,params_M,100,\n"            # SegResNet has 6 M (published), not 100
         "test,endoscopy,not_a_model,params_M,1,\n"
         "test,endoscopy,not_a_model,gflops,2.5,\n"
-        "other,endoscopy,umamba_bot_test,params_M,1,\n"
+        "other,endoscopy,segresnet,params_M,1,\n"
     )
     out = tmp_path / "fidelity.json"
     status = profile_main(["--fidelity", "--source", "test", "--reference", str(csv), "--json", str(out)])
     assert status == 0
     text = capsys.readouterr().out
-    assert "not registered" in text and "umamba_bot_test" in text
+    assert "not registered" in text and "segresnet" in text
     rows = {(r["dataset"], r["method"]): r for r in json.loads(out.read_text())}
     assert len(rows) == 3
-    assert rows[("endoscopy", "umamba_bot_test")]["status"] == "ok"
-    assert rows[("endoscopy", "umamba_bot_test")]["gflops"] > 0
-    assert rows[("cell", "umamba_bot_test")]["status"] == "off"
+    assert rows[("endoscopy", "segresnet")]["status"] == "ok"
+    assert rows[("endoscopy", "segresnet")]["gflops"] == pytest.approx(58.9, rel=0.01)
+    assert rows[("cell", "segresnet")]["status"] == "off"
     assert rows[("endoscopy", "not_a_model")]["status"] == "not registered"
     strict = profile_main(["--fidelity", "--source", "test", "--reference", str(csv), "--datasets", "cell", "--strict"])
     assert strict == 1
