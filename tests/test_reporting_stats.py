@@ -1,11 +1,11 @@
 """Bootstrap CIs, paired Wilcoxon, Holm and the per-dataset statistics table."""
 
 import doctest
+from statistics import NormalDist
 
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats as scipy_stats
 
 from logvmamba.reporting import stats
 from logvmamba.reporting.stats import (
@@ -41,7 +41,8 @@ def test_bootstrap_ci_covers_true_mean_at_its_level(level):
 def test_bootstrap_ci_width_matches_normal_theory(level):
     x = np.random.default_rng(1).normal(5.0, 1.0, 400)
     low, high = bootstrap_ci(x, level=level, n_boot=4000)
-    half = scipy_stats.norm.ppf(0.5 + level / 2) * x.std(ddof=1) / np.sqrt(x.size)
+    # Normal quantile from the standard library, not from scipy (which bootstrap_ci calls).
+    half = NormalDist().inv_cdf(0.5 + level / 2) * x.std(ddof=1) / np.sqrt(x.size)
     assert (high - low) == pytest.approx(2 * half, rel=0.1)
     assert (low + high) / 2 == pytest.approx(x.mean(), abs=0.2 * half)
 
@@ -75,6 +76,12 @@ def test_bootstrap_ci_of_one_value_is_that_value(values):
     assert bootstrap_ci(values) == (0.7, 0.7)
 
 
+@pytest.mark.parametrize("level", [0.5, 0.95])
+def test_bootstrap_ci_of_a_constant_sample_is_the_constant(level):
+    # Every resample of twenty 0.75s has mean 0.75 (exact in binary), so both percentiles are 0.75.
+    assert bootstrap_ci([0.75] * 20, level=level, n_boot=200) == (0.75, 0.75)
+
+
 @pytest.mark.parametrize("kwargs", [{"level": 0}, {"level": 1}, {"level": 1.5}, {"level": np.nan},
                                     {"n_boot": 0}])
 def test_bootstrap_ci_rejects_bad_arguments(kwargs):
@@ -84,27 +91,40 @@ def test_bootstrap_ci_rejects_bad_arguments(kwargs):
 
 # paired_wilcoxon
 
-def test_paired_wilcoxon_matches_scipy():
-    rng = np.random.default_rng(5)
-    a, b = rng.normal(0.3, 1, 40), rng.normal(0, 1, 40)
+# Exact two-sided p-values by hand, n = 5 with distinct |d| = 1..5 (ranks 1..5): under the null
+# each of the 2^5 = 32 sign patterns is equally likely, W- is the rank sum of the negative
+# differences, and p = 2 * #{patterns with W- <= observed} / 32 (the null is symmetric).
+#   d = 1, 2, 3, 4, 5:   W- = 0; only {} has rank sum <= 0                -> p = 2 * 1 / 32 = 0.0625
+#   d = -1, 2, 3, 4, 5:  W- = 1; {}, {1}                                 -> p = 2 * 2 / 32 = 0.125
+#   d = 1, 2, 3, 4, -5:  W- = 5; {}, {1}, {2}, {3}, {1,2}, {4}, {1,3},
+#                        {5}, {1,4}, {2,3}                               -> p = 2 * 10 / 32 = 0.625
+# The statistic is min(W+, W-): 0, 1 and 5 (W+ = 15 - W-).
+@pytest.mark.parametrize("diffs, statistic, p_value", [
+    ([1, 2, 3, 4, 5], 0.0, 0.0625),
+    ([-1, 2, 3, 4, 5], 1.0, 0.125),
+    ([1, 2, 3, 4, -5], 5.0, 0.625),
+])
+def test_paired_wilcoxon_exact_by_hand(diffs, statistic, p_value):
+    b = np.array([10.0, 20.0, 30.0, 40.0, 50.0])
+    a = b + np.array(diffs, dtype=float)
     result = paired_wilcoxon(a, b)
-    expected = scipy_stats.wilcoxon(a - b)
-    assert result["n"] == 40
-    assert result["statistic"] == pytest.approx(expected.statistic)
-    assert result["p_value"] == pytest.approx(expected.pvalue)
-    assert result["mean_diff"] == pytest.approx(np.mean(a - b))
-    assert result["median_diff"] == pytest.approx(np.median(a - b))
+    assert result["n"] == 5
+    assert result["statistic"] == statistic
+    assert result["p_value"] == pytest.approx(p_value, abs=1e-12)
+    assert result["mean_diff"] == pytest.approx(np.mean(diffs))
+    assert result["median_diff"] == float(np.median(diffs))
 
 
 def test_paired_wilcoxon_drops_pairs_with_a_missing_side():
-    rng = np.random.default_rng(6)
-    a, b = rng.normal(0.5, 1, 20), rng.normal(0, 1, 20)
-    a[3], b[7] = np.nan, np.inf
-    keep = np.ones(20, bool)
-    keep[[3, 7]] = False
+    # Pairs 1 (a is NaN) and 4 (b is inf) go; the five left differ by 1..5, all positive:
+    # p = 2 / 32 = 0.0625 as above.
+    a = np.array([2.0, np.nan, 4.0, 6.0, 7.0, 9.0, 11.0])
+    b = np.array([1.0, 0.0, 2.0, 3.0, np.inf, 5.0, 6.0])
     result = paired_wilcoxon(a, b)
-    assert result["n"] == 18
-    assert result["p_value"] == pytest.approx(scipy_stats.wilcoxon(a[keep] - b[keep]).pvalue)
+    assert result["n"] == 5
+    assert result["statistic"] == 0.0
+    assert result["p_value"] == pytest.approx(0.0625, abs=1e-12)
+    assert result["mean_diff"] == pytest.approx(3.0)
 
 
 def test_paired_wilcoxon_identical_scores_give_p_one():
@@ -128,6 +148,12 @@ def test_paired_wilcoxon_rejects_unequal_lengths():
 
 # holm
 
+# By hand: sort the valid p, multiply the k-th smallest (k = 0, 1, ...) by m - k, take the running
+# maximum, cap at 1, put back in input order. [0.01, 0.04, 0.03] (m = 3): sorted 0.01, 0.03, 0.04
+# -> 3 * 0.01, 2 * 0.03, 1 * 0.04 = 0.03, 0.06, 0.04 -> running max 0.03, 0.06, 0.06 -> input
+# order [0.03, 0.06, 0.06]. [0.02, 0.5, 0.3]: 0.06, 2 * 0.3 = 0.6, 0.5 -> 0.06, 0.6, 0.6 ->
+# [0.06, 0.6, 0.6]. [0.4, 0.6]: 2 * 0.4, 0.6 = 0.8, 0.6 -> 0.8, 0.8. [0.7, 0.6]: sorted 0.6, 0.7
+# -> 1.2, 0.7 -> running max 1.2, 1.2 -> capped 1, 1. A NaN is left out of m and stays NaN.
 @pytest.mark.parametrize("pvalues, expected", [
     ([0.01, 0.04, 0.03], [0.03, 0.06, 0.06]),
     ([0.01, np.nan, 0.04, 0.03], [0.03, np.nan, 0.06, 0.06]),
@@ -249,7 +275,11 @@ def test_dataset_statistics_tests_against_reference(table, metric):
     worse = result.loc["worse"]
     assert worse["n_pairs"] == 29
     assert worse["diff"] == pytest.approx(np.mean(ref_means - worse_means))
-    assert worse["p_value"] == pytest.approx(scipy_stats.wilcoxon(ref_means - worse_means).pvalue)
+    # ``worse`` is worse on every one of the 29 pairs (DSC lower by 0.05-0.15, HD95 higher by 2-6),
+    # so all differences share a sign: only 1 of the 2^29 sign patterns is that extreme on each
+    # side, p = 2 / 2^29 = 2^-28 exactly.
+    assert np.all(np.sign(ref_means - worse_means) == (1 if DIRECTIONS[metric] else -1))
+    assert worse["p_value"] == pytest.approx(2.0 ** -28, rel=1e-9)
     assert worse["p_holm"] < 1e-4 and worse["better"] == "reference"
 
     same = result.loc["same"]

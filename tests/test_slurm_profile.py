@@ -1,5 +1,6 @@
 """The SLURM profile and the GPU conda environment: they parse, name what exists, and dry-run."""
 
+import ast
 import os
 import re
 import shutil
@@ -152,9 +153,48 @@ def _pip_requirements() -> dict[str, Requirement]:
     return {canonicalize_name(r.name): r for r in reqs}
 
 
+def _string_arrays(text: str) -> dict:
+    """The ``key = [strings]`` entries of each table of a TOML file: what the tests read when
+    neither tomllib (Python >= 3.11) nor tomli is importable."""
+    tables: dict = {}
+    table, key, value = None, None, ""
+    for line in text.splitlines():
+        line = re.sub(r'("(?:[^"\\]|\\.)*")|#.*', lambda m: m.group(1) or "", line).strip()
+        if key is not None:
+            value += " " + line
+        elif re.fullmatch(r"\[([\w.-]+)\]", line):
+            table = tables.setdefault(line[1:-1], {})
+        elif table is not None and re.match(r"[\w.-]+\s*=\s*\[", line):
+            key, value = (part.strip() for part in line.split("=", 1))
+        if key is not None and value.count("[") == value.count("]"):
+            table[key] = ast.literal_eval(value)
+            key = None
+    project = tables.get("project", {})
+    project["optional-dependencies"] = tables.get("project.optional-dependencies", {})
+    return {"project": project}
+
+
+def _load_toml(text: str) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            return _string_arrays(text)
+    return tomllib.loads(text)
+
+
 def _pyproject():
-    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return _load_toml((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def test_fallback_toml_reader_agrees_with_tomllib():
+    tomllib = pytest.importorskip("tomllib")
+    text = (ROOT / "pyproject.toml").read_text()
+    parsed, fallback = tomllib.loads(text)["project"], _string_arrays(text)["project"]
+    assert fallback["dependencies"] == parsed["dependencies"]
+    assert fallback["optional-dependencies"] == parsed["optional-dependencies"]
 
 
 def test_environment_names_the_gpu_stack_and_the_workflow():
