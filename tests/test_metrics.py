@@ -48,7 +48,7 @@ def square(shape, rows, cols, value=1, out=None):
 def test_dice_of_two_squares_shifted_by_one_pixel():
     gt = square((8, 8), (2, 5), (2, 5))
     pred = square((8, 8), (2, 5), (3, 6))
-    assert dice(gt, pred) == pytest.approx(2 * 6 / 18)
+    assert dice(gt, pred) == pytest.approx(2 * 6 / 18)  # two 3x3 squares overlapping in 2 columns
 
 
 @pytest.mark.parametrize("gt_on, pred_on, expected", [(False, False, 1.0), (True, False, 0.0), (False, True, 0.0)])
@@ -70,6 +70,7 @@ def test_dice_rejects_a_shape_mismatch():
 def test_hd95_of_two_points_and_two_lines():
     a = square((10, 10), (2, 3), (2, 3))
     b = square((10, 10), (2, 3), (6, 7))
+    # single pixels 4 columns apart (0.5 mm columns: 2 mm); lines 3 rows apart, every distance 3 rows
     assert hausdorff_distance(a, b) == pytest.approx(4.0)
     assert hausdorff_distance(a, b, spacing=(1.0, 0.5)) == pytest.approx(2.0)
     top = square((10, 10), (2, 3), (1, 6))
@@ -92,6 +93,7 @@ def test_hd95_pools_both_directions_before_the_percentile():
 def test_hd95_empty_masks():
     mask = square((10, 20), (2, 4), (2, 4))
     empty = np.zeros_like(mask)
+    # one side empty: the image diagonal, sqrt of the squared physical extents
     assert hausdorff_distance(empty, empty) == 0.0
     assert hausdorff_distance(mask, empty) == pytest.approx(math.sqrt(10 ** 2 + 20 ** 2))
     assert hausdorff_distance(empty, mask, spacing=(2.0, 1.0)) == pytest.approx(math.sqrt(20 ** 2 + 20 ** 2))
@@ -99,6 +101,7 @@ def test_hd95_empty_masks():
 
 
 def test_image_diagonal_is_the_brats_penalty_on_the_brats_grid():
+    # sqrt(240^2 + 240^2 + 155^2) = 373.129..., the BraTS challenge's penalty for one empty mask
     assert image_diagonal((240, 240, 155)) == pytest.approx(373.13, abs=5e-3)
 
 
@@ -108,6 +111,43 @@ def test_hd95_3d_with_anisotropic_spacing():
     pred = np.roll(gt, 1, axis=2)
     # 16 pooled distances: 8 zeros (shared slice) and 8 of one slice (5 mm); 95th percentile = 5
     assert hausdorff_distance(gt, pred, spacing=(1.5, 1.5, 5.0)) == pytest.approx(5.0)
+
+
+def _blobs(seed: int, shape) -> tuple[np.ndarray, np.ndarray]:
+    """Two random smooth non-empty masks of ``shape``."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < 2:
+        mask = ndimage.gaussian_filter(rng.standard_normal(shape), 2) > 0.1
+        if mask.any():
+            out.append(mask)
+    return out[0], out[1]
+
+
+def _monai(mask):
+    import torch
+
+    return torch.as_tensor(mask[None, None], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("shape, spacing", [((24, 30), (1.0, 2.0)), ((12, 14, 10), (1.5, 1.0, 3.0))])
+def test_hausdorff_distance_matches_monai(seed, shape, spacing):
+    # MONAI's HD95 is the larger of the two directed 95th percentiles, ours (medpy, LoG-VMamba) the 95th
+    # percentile of both directions pooled; the two agree at the 100th percentile, and at the 95th when
+    # we pool MONAI's own directed surface distances.
+    from monai.metrics import compute_hausdorff_distance
+    from monai.metrics.utils import get_mask_edges, get_surface_distance
+
+    gt, pred = _blobs(seed, shape)
+    hd = compute_hausdorff_distance(_monai(pred), _monai(gt), percentile=None, spacing=list(spacing)).item()
+    assert hausdorff_distance(gt, pred, spacing, percentile=100) == pytest.approx(hd, rel=1e-6)  # MONAI computes in float32
+    edges_pred, edges_gt = get_mask_edges(pred, gt, crop=True)
+    pooled = np.concatenate([get_surface_distance(edges_pred, edges_gt, "euclidean", spacing=spacing),
+                             get_surface_distance(edges_gt, edges_pred, "euclidean", spacing=spacing)])
+    assert hausdorff_distance(gt, pred, spacing) == pytest.approx(float(np.percentile(pooled, 95)), rel=1e-6)
 
 
 # ----------------------------------------------------------------------------
@@ -151,6 +191,19 @@ def test_nsd_matches_deepmind_surface_distance():
                 ("slab", 1.0): 0.7694691162040168, ("contour", 1.0): 0.22456358002894014}
     for (mode, tol), value in expected.items():
         assert surface_dice(gt, pred, tol, mode=mode) == pytest.approx(value, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("tolerance", [1.0, 2.0])
+def test_nsd_slab_matches_monai_subvoxel_surface_dice(seed, tolerance):
+    # U-Mamba's slab is DeepMind's 3D surface Dice of the image as a one-voxel slab, which MONAI's
+    # compute_surface_dice(use_subvoxels=True) implements independently
+    from monai.metrics import compute_surface_dice
+
+    gt, pred = _blobs(seed, (30, 34))
+    expected = compute_surface_dice(_monai(pred[..., None]), _monai(gt[..., None]), [tolerance],
+                                    include_background=True, use_subvoxels=True, spacing=[1.0, 1.0, 1.0]).item()
+    assert surface_dice(gt, pred, tolerance, mode="slab") == pytest.approx(expected, abs=1e-6)
 
 
 def test_nsd_empty_masks_and_arguments():
@@ -217,6 +270,7 @@ def test_cell_f1_by_hand():
     pred, inst = cell_scene()
     out = score_cell_case(pred, instances=inst)
     assert (out["n_true"], out["n_pred"], out["tp"], out["fp"], out["fn"]) == (3, 4, 2, 2, 1)
+    # from cell_scene's docstring: A and B match (tp 2), C unmatched (fn), C's piece and E stray (fp 2)
     assert out["precision"] == pytest.approx(0.5)
     assert out["recall"] == pytest.approx(2 / 3)
     assert out["F1"] == pytest.approx(4 / 7)
@@ -227,6 +281,7 @@ def test_cell_f1_by_hand():
 
 def test_cell_f1_border_cells_and_threshold():
     pred, inst = cell_scene()
+    # counting D: tp 3 of 4 true and 5 predicted -> F1 6 / 9; strict: tp 1, precision 1/4, recall 1/3
     counted = score_cell_case(pred, instances=inst, count_border_cells=True)
     assert (counted["n_true"], counted["n_pred"], counted["tp"]) == (4, 5, 3)
     assert counted["F1"] == pytest.approx(2 / 3)
@@ -325,6 +380,7 @@ def test_brats_regions_by_hand():
     out = score_brats_case(pred, gt)
     assert out["Dice_WT"] == 1.0 and out["HD95_WT"] == 0.0
     assert out["Dice_TC"] == 1.0 and out["HD95_TC"] == 0.0
+    # ET predicted empty: HD95 is the diagonal of the 10^3 grid, sqrt(3 * 10^2)
     assert out["Dice_ET"] == 0.0 and out["HD95_ET"] == pytest.approx(math.sqrt(300))
     assert aggregate([out], "brats")["main"] == pytest.approx(2 / 3)
 
@@ -348,6 +404,7 @@ def test_brats_empty_cases():
     assert all(both[f"Dice_{r}"] == 1.0 and both[f"HD95_{r}"] == 0.0 for r in ("WT", "TC", "ET"))
     missed = score_brats_case(empty, tumour, spacing=(1.0, 1.0, 1.0))
     assert all(missed[f"Dice_{r}"] == 0.0 for r in ("WT", "TC", "ET"))
+    # the empty-mask penalty: the diagonal of the 8^3 grid
     assert all(missed[f"HD95_{r}"] == pytest.approx(math.sqrt(3 * 64)) for r in ("WT", "TC", "ET"))
 
 
@@ -363,6 +420,8 @@ def test_acdc_by_hand_in_millimetres():
     pred[2:4, 5:7, 2:4] = 3
     out = score_acdc_case(pred, gt, spacing)
     assert out["Dice_RV"] == 1.0 and out["HD95_RV"] == 0.0
+    # MYO missed: the diagonal of 8 x 8 x 4 voxels of 1.5 x 1.5 x 5 mm; LV one 5 mm slice off, as in the
+    # anisotropic HD95 test: half the pooled distances 0, half 5 mm
     assert out["Dice_MYO"] == 0.0 and out["HD95_MYO"] == pytest.approx(math.sqrt(12 ** 2 + 12 ** 2 + 20 ** 2))
     assert out["Dice_LV"] == pytest.approx(0.5) and out["HD95_LV"] == pytest.approx(5.0)
     empty = score_acdc_case(np.zeros_like(gt), np.zeros_like(gt), spacing)
@@ -395,11 +454,13 @@ def test_aggregate_keys_and_main_scores():
     rows += [{**rows[0], "F1": 1.0}, {**rows[0], "F1": 0.0}]
     cell = aggregate(rows, "cell")
     assert {"F1", "F1_median", "precision", "recall", "DSC", "DSC_interior", "tp", "n_true", "main"} <= set(cell)
+    # means and median of the per-case F1 rows 4/7 (cell_scene), 1 and 0; tp 2 per row
     assert cell["main"] == pytest.approx((4 / 7 + 1) / 3) and cell["F1_median"] == pytest.approx(4 / 7)
     assert cell["tp"] == 6 and cell["main_metric"] == "F1"
 
     pred, gt = brats_pair()
     brats = aggregate([score_brats_case(pred, gt), score_brats_case(gt, gt)], "brats")
+    # ET: Dice 0 and 1, HD95 sqrt(300) and 0 over the two cases; WT and TC perfect in both
     assert brats["Dice_ET"] == 0.5 and brats["Dice_mean"] == pytest.approx((1 + 1 + 0.5) / 3)
     assert brats["HD95_mean"] == pytest.approx(math.sqrt(300) / 2 / 3)
     assert brats["main"] == brats["Dice_mean"]
