@@ -61,7 +61,6 @@ from logvmamba.data.raw import (
 from logvmamba.data.registry import DATASETS, get_info
 
 __all__ = [
-    "DEFAULT_CASES",
     "GENERATORS",
     "generate",
     "generate_all",
@@ -73,15 +72,9 @@ __all__ = [
     "main",
 ]
 
-#: default number of training cases (and test cases written to imagesTs)
-DEFAULT_CASES = {"endoscopy": (32, 8), "cell": (32, 8), "brats": (30, 0), "acdc": (32, 8)}
-#: fewest training cases the split protocol works with (brats: 5 folds of the non-test rest)
-_MIN_CASES = {"brats": 7, "acdc": 10}
-_SALT = {"endoscopy": 704, "cell": 703, "brats": 82, "acdc": 27}
-
 
 def _rng(seed: int, key: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), _SALT[key], int(index)])
+    return np.random.default_rng([int(seed), GENERATORS[key].salt, int(index)])
 
 
 def _smooth(rng: np.random.Generator, shape: Sequence[int], sigma: float) -> np.ndarray:
@@ -501,21 +494,27 @@ class _Generator(NamedTuple):
     """How one dataset's stand-in is written.
 
     ``write(folder, seed, n_train, n_test) -> (n_train, n_test)`` as written
-    (ACDC rounds to whole patients); ``dataset_json`` holds extra dataset.json keys.
+    (ACDC rounds to whole patients); ``cases``: default training and test
+    cases; ``min_cases``: fewest training cases its split protocol works with;
+    ``salt``: mixed into every case's seed; ``dataset_json``: extra dataset.json keys.
     """
 
     write: Callable[[Path, int, int, int], tuple[int, int]]
+    cases: tuple[int, int]
+    min_cases: int
+    salt: int
     dataset_json: Mapping[str, str] = MappingProxyType({})
 
 
 #: dataset key -> how its stand-in is written
 GENERATORS = MappingProxyType({
-    "endoscopy": _Generator(_write_endoscopy),
-    "cell": _Generator(_write_cell),
-    "brats": _Generator(_write_brats, MappingProxyType({
+    "endoscopy": _Generator(_write_endoscopy, (32, 8), 5, 704),
+    "cell": _Generator(_write_cell, (32, 8), 5, 703),
+    # no test cases: the split protocol holds BraTS' test set out of imagesTr (5 folds of the rest)
+    "brats": _Generator(_write_brats, (30, 0), 7, 82, MappingProxyType({
         "label_convention": ("nnU-Net BraTS converter: BraTS 2 (oedema) -> 1, 1 (necrosis / "
                              "non-enhancing core) -> 2, 4 (enhancing) -> 3")})),
-    "acdc": _Generator(_write_acdc),
+    "acdc": _Generator(_write_acdc, (32, 8), 10, 27),
 })
 
 
@@ -528,7 +527,7 @@ def generate(key: str, dest_root: str | os.PathLike, seed: int = 0, num_cases: i
         dest_root: folder that receives ``DatasetXXX_Synth<Name>/``.
         seed: generation seed (same seed -> same files).
         num_cases: training cases (ACDC: volumes, rounded up to whole
-            patients with 2 frames each). Default :data:`DEFAULT_CASES`.
+            patients with 2 frames each). Default ``GENERATORS[key].cases``.
         num_test: cases written to imagesTs (BraTS: default 0, its test set
             is held out of imagesTr by the split protocol).
         overwrite: replace an existing folder.
@@ -539,15 +538,15 @@ def generate(key: str, dest_root: str | os.PathLike, seed: int = 0, num_cases: i
         renamed into place at the end.
     """
     info = get_info(key)
-    n_train, n_test_default = DEFAULT_CASES[key]
+    generator = GENERATORS[key]
+    n_train, n_test_default = generator.cases
     n_train = n_train if num_cases is None else int(num_cases)
     n_test = n_test_default if num_test is None else int(num_test)
-    minimum = _MIN_CASES.get(key, 5)
+    minimum = generator.min_cases
     if n_train < minimum:
         raise ValueError(f"{key}: need at least {minimum} training cases for its 5-fold split protocol, "
                          f"got {n_train}")
     with staged_dataset_dir(dest_root, info.synthetic_name, overwrite=overwrite) as folder:
-        generator = GENERATORS[key]
         n_train, n_test = generator.write(folder, seed, n_train, n_test)
         content = info.dataset_json(
             name=info.synthetic_name,
