@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from logvmamba.data import synthetic
-from logvmamba.data.raw import save_instance_mask, save_nifti, save_png
+from logvmamba.data.formats import save_instance_mask, save_nifti, save_png
 
 SYNTH_SEED = 7
 

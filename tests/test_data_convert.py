@@ -10,7 +10,7 @@ import pytest
 
 from logvmamba.data import DatasetError, RawDataset, get_info, load_case, make_loader
 from logvmamba.data import convert as conv
-from logvmamba.data.raw import save_nifti, save_png
+from logvmamba.data.formats import save_nifti, save_png
 from logvmamba.data.splits import get_splits, make_splits
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from logvmamba.data import DatasetError, RawDataset, make_loader, resolve_dataset_dir
-from logvmamba.data.raw import save_nifti, save_png
+from logvmamba.data.formats import save_nifti, save_png
 
 
 

@@ -118,6 +118,19 @@ def test_load_case_matches_training_normalisation(synth_root):
     assert torch.allclose(val["image"][0], case.image) and torch.equal(val["label"][0, 0], case.label)
 
 
+@pytest.mark.parametrize("key", list(DATASETS))
+def test_load_case_is_the_validation_transform(synth_root, key):
+    ds = RawDataset(_folder(synth_root, key))
+    case_id = ds.case_ids()[1]
+    expected = make_transforms(ds, train=False)({"files": ds.get(case_id)})
+    case = load_case(ds, case_id)
+    assert type(case.image) is torch.Tensor and torch.equal(case.image, expected["image"])
+    if ds.has_regions:
+        assert torch.equal(case.regions, expected["label"].bool())
+    else:
+        assert torch.equal(case.label, expected["label"][0])
+
+
 def test_load_case_regions_and_instances(synth_root):
     brats = load_case(_folder(synth_root, "brats"), "BraTS_00001")
     assert brats.regions.shape == (3, 48, 48, 48) and brats.regions.dtype == torch.bool

@@ -10,7 +10,7 @@ import pytest
 
 from logvmamba.data import DATASETS, RawDataset, get_info
 from logvmamba.data import synthetic
-from logvmamba.data.synthetic import instance_to_semantic
+from logvmamba.data.labels import instance_to_semantic
 
 
 

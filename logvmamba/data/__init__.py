@@ -18,10 +18,19 @@ Registry (:mod:`logvmamba.data.registry`)
 Locating and reading (:mod:`logvmamba.data.raw`)
     ``resolve_dataset_dir(name_or_path, root=None, synthetic=False) -> Path``
     (``root`` from the config; ``$nnUNet_raw`` only as a fallback);
+    ``open_dataset(dataset, root=None) -> RawDataset`` (a dataset, folder or name);
     ``RawDataset(path)``: ``.cases(subset) / .case_ids(subset) /
     .read_case(case_id) -> CaseData / .read_instances(case_id) /
     .validate()``, plus ``.labels``, ``.regions``, ``.num_channels``,
     ``.num_classes``, ``.spatial_dims``, ``.is_synthetic``, ``.info``.
+File formats (:mod:`logvmamba.data.formats`)
+    ``read_image_file(path) -> (array, meta)``; ``save_png``, ``save_nifti(path,
+    array, like=reference)``, ``save_image_file(path, array, like=None)`` (by
+    file ending), ``save_instance_mask``, ``write_dataset_json``,
+    ``staged_dataset_dir``; every writer replaces its file atomically.
+Label conversions (:mod:`logvmamba.data.labels`)
+    ``instance_to_semantic(instances)``; ``label_to_regions(label, regions)``;
+    ``regions_to_label(masks, regions_class_order)``.
 Splits (:mod:`logvmamba.data.splits`)
     ``get_splits(dataset, protocol=None, seed=None, write=True) -> list[dict]``
     (``splits_final.json``, generated when absent);
@@ -33,14 +42,16 @@ Loading (:mod:`logvmamba.data.loading`, imports MONAI on first use)
     samples_per_epoch=None, ...) -> DataLoader`` of dicts ``image``
     ``(B, C, *patch)``, ``label`` (``(B, 1, *patch)`` int64 classes, or
     ``(B, R, *patch)`` float regions for BraTS), ``case_id``;
-    ``load_case(dataset, case_id, subset=None) -> LoadedCase`` (normalised
-    ``image``, ``label``, ``regions``, ``spacing``, ``affine``,
-    ``instances``); ``regions_to_label(masks, regions_class_order)``.
-Writing
+    ``load_case(dataset, case_id, subset=None) -> LoadedCase`` (``image``
+    normalised by the validation transforms, ``label``, ``regions``,
+    ``spacing``, ``affine``, ``header``, ``instances``).
+Writing datasets
     ``synthetic.generate(key, dest_root, seed=0, num_cases=None)`` and
-    ``python -m logvmamba.data.synthetic <key|all> <dest_root> [--seed N] [--cases N]``;
+    ``python -m logvmamba.data.synthetic <key|all> <dest_root> [--seed N] [--cases N]``
+    (one generator per key in ``synthetic.GENERATORS``);
     ``convert.convert(key, source_dir, dest_dir)`` and
-    ``python -m logvmamba.data.convert <key> <source_dir> <dest_dir>``.
+    ``python -m logvmamba.data.convert <key> <source_dir> <dest_dir>``
+    (one converter per key in ``convert.CONVERTERS``).
 
 Examples::
 
@@ -57,7 +68,9 @@ from __future__ import annotations
 import importlib
 
 from logvmamba.data.errors import DatasetError
-from logvmamba.data.raw import CaseData, CaseFiles, RawDataset, resolve_dataset_dir
+from logvmamba.data.formats import read_image_file, save_image_file, save_instance_mask, save_nifti, save_png
+from logvmamba.data.labels import instance_to_semantic, label_to_regions, regions_to_label
+from logvmamba.data.raw import CaseData, CaseFiles, RawDataset, open_dataset, resolve_dataset_dir
 from logvmamba.data.registry import DATASETS, DatasetInfo, find_info, get_info
 from logvmamba.data.splits import get_splits, make_splits, split_case_ids
 
@@ -68,19 +81,27 @@ __all__ = [
     "get_info",
     "find_info",
     "resolve_dataset_dir",
+    "open_dataset",
     "RawDataset",
     "CaseFiles",
     "CaseData",
+    "read_image_file",
+    "save_png",
+    "save_nifti",
+    "save_image_file",
+    "save_instance_mask",
+    "instance_to_semantic",
+    "label_to_regions",
+    "regions_to_label",
     "get_splits",
     "make_splits",
     "split_case_ids",
     "make_loader",
     "load_case",
     "LoadedCase",
-    "regions_to_label",
 ]
 
-_LAZY = {"make_loader", "load_case", "LoadedCase", "regions_to_label"}
+_LAZY = {"make_loader", "load_case", "LoadedCase"}
 
 
 def __getattr__(name: str):

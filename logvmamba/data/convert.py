@@ -22,7 +22,7 @@ checked against the real download is marked there):
   ``imagesVal/<case>_0000.png`` and ``labelsVal-instance-mask/<case>_label.tiff``).
   The validation images become ``imagesTs``, their instance masks
   ``labelsTs-instance/<case>.tiff``, and ``labelsTs/<case>.png`` is derived
-  from them with :func:`~logvmamba.data.synthetic.instance_to_semantic`.
+  from them with :func:`~logvmamba.data.labels.instance_to_semantic`.
 * ``brats``: a BraTS 2020 (``MICCAI_BraTS2020_TrainingData/BraTS20_Training_001/
   BraTS20_Training_001_{t1,t1ce,t2,flair,seg}.nii[.gz]``) or BraTS 2021
   (``BraTS2021_00000/BraTS2021_00000_{...}.nii.gz``) training folder. Channels
@@ -50,7 +50,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from logvmamba.data.errors import DatasetError
-from logvmamba.data.raw import (
+from logvmamba.data.formats import (
     read_instance_file,
     save_instance_mask,
     save_nifti,
@@ -58,6 +58,7 @@ from logvmamba.data.raw import (
     staged_dataset_dir,
     write_dataset_json,
 )
+from logvmamba.data.labels import instance_to_semantic
 from logvmamba.data.registry import DATASETS, get_info
 
 __all__ = ["convert", "convert_endoscopy", "convert_cell", "convert_brats", "convert_acdc", "CONVERTERS", "main"]
@@ -189,8 +190,6 @@ def convert_endoscopy(source_dir: str | Path, dest_dir: str | Path, overwrite: b
 
 def convert_cell(source_dir: str | Path, dest_dir: str | Path, overwrite: bool = False) -> Path:
     """Convert U-Mamba's ``Dataset703_NeurIPSCell`` package (with the validation instance masks)."""
-    from logvmamba.data.synthetic import instance_to_semantic
-
     info = get_info("cell")
     src = _locate(_source_dir(source_dir), [info.nnunet_name], ["imagesTr", "labelsTr"],
                   "the U-Mamba Dataset703_NeurIPSCell package")
@@ -309,8 +308,7 @@ def convert_brats(source_dir: str | Path, dest_dir: str | Path, overwrite: bool 
             lut = np.zeros(5, np.uint8)
             for k, v in BRATS_LABEL_MAP.items():
                 lut[k] = v
-            save_nifti(out / "labelsTr" / f"{case}.nii.gz", lut[seg], affine=seg_img.affine,
-                       header=seg_img.header.copy())
+            save_nifti(out / "labelsTr" / f"{case}.nii.gz", lut[seg], like=seg_img)
         info = get_info("brats")
         _finish(out, "brats", name, len(cases), 0,
                 f"BraTS {found} training data converted by logvmamba.data.convert (channels T1, T1ce, T2, "

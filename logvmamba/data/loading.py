@@ -17,7 +17,8 @@ Inference::
     case.image    # (C, *spatial) float32, normalised exactly as in training
     case.label    # (*spatial) int64 label map as stored, or None
     case.regions  # (R, *spatial) bool for region datasets, else None
-    case.spacing, case.affine, case.instances (cell: int32 instance mask or None)
+    case.spacing, case.affine, case.header (NIfTI header, for writing predictions)
+    case.instances  # int32 instance mask where the dataset has them, else None
 
 Preprocessing (per dataset, from :data:`~logvmamba.data.registry.DATASETS`):
 
@@ -53,7 +54,8 @@ import torch
 from monai.data import CacheDataset, DataLoader, Dataset
 
 from logvmamba.data.errors import DatasetError
-from logvmamba.data.raw import CaseFiles, RawDataset, resolve_dataset_dir
+from logvmamba.data.labels import label_to_regions, regions_to_label  # noqa: F401  (regions_to_label re-exported)
+from logvmamba.data.raw import CaseData, CaseFiles, RawDataset, open_dataset
 from logvmamba.data.splits import split_cases
 
 __all__ = [
@@ -72,13 +74,6 @@ __all__ = [
 ]
 
 
-def open_dataset(dataset: RawDataset | str | os.PathLike, root: str | os.PathLike | None = None) -> RawDataset:
-    """A :class:`RawDataset` from a dataset, a folder, or a name looked up under ``root``."""
-    if isinstance(dataset, RawDataset):
-        return dataset
-    return RawDataset(resolve_dataset_dir(dataset, root))
-
-
 def default_patch_size(ds: RawDataset) -> tuple[int, ...]:
     """The registry's patch size (the synthetic one for synthetic datasets)."""
     if ds.info is None:
@@ -93,9 +88,10 @@ def default_patch_size(ds: RawDataset) -> tuple[int, ...]:
 class LoadCased:
     """Read a case through :class:`RawDataset` (all validation applies).
 
-    Input: a dict with ``"files"`` (:class:`CaseFiles`). Output: ``"image"``
-    ``(C, *spatial)`` float32 tensor, ``"label"`` ``(1, *spatial)`` float32
-    tensor (when the case has one), ``"case_id"``; ``"files"`` is dropped.
+    Input: a dict with ``"files"`` (:class:`CaseFiles`), or ``"case"`` (a
+    :class:`CaseData` already read). Output: ``"image"`` ``(C, *spatial)``
+    float32 tensor, ``"label"`` ``(1, *spatial)`` float32 tensor (when the
+    case has one), ``"case_id"``; ``"files"`` / ``"case"`` are dropped.
     """
 
     def __init__(self, dataset: RawDataset):
@@ -103,8 +99,10 @@ class LoadCased:
 
     def __call__(self, data: dict) -> dict:
         data = dict(data)
-        files: CaseFiles = data.pop("files")
-        case = self.dataset.read_case(files)
+        case: CaseData | None = data.pop("case", None)
+        files: CaseFiles | None = data.pop("files", None)
+        if case is None:
+            case = self.dataset.read_case(files)
         data["case_id"] = case.case_id
         data["image"] = torch.from_numpy(np.ascontiguousarray(case.image))
         if case.label is not None:
@@ -130,8 +128,7 @@ class LabelToRegionsd:
                 continue
             label = torch.as_tensor(data[key])
             label = label[0] if label.ndim > 0 and label.shape[0] == 1 else label
-            label = label.round().long()
-            data[key] = torch.stack([torch.isin(label, torch.tensor(r)) for r in self.regions]).float()
+            data[key] = label_to_regions(label.round().long(), self.regions).float()
         return data
 
 
@@ -204,6 +201,7 @@ def make_transforms(ds: RawDataset, train: bool, patch_size: Sequence[int] | Non
     if sampling not in ("foreground", "random"):
         raise ValueError(f"sampling must be 'foreground' or 'random', got {sampling!r}")
     nonzero = normalization == "zscore_nonzero"
+    normalize = mt.NormalizeIntensityd(keys="image", nonzero=nonzero, channel_wise=True)
     both = ["image", "label"]
     steps: list = [LoadCased(ds)]
     if train:
@@ -214,7 +212,7 @@ def make_transforms(ds: RawDataset, train: bool, patch_size: Sequence[int] | Non
             raise ValueError(f"patch_size {patch} has {len(patch)} dims, {ds.name} is {ds.spatial_dims}D")
         if nonzero:  # the release crops to the brain box before sampling
             steps.append(mt.CropForegroundd(keys=both, source_key="image", allow_smaller=True))
-        steps.append(mt.NormalizeIntensityd(keys="image", nonzero=nonzero, channel_wise=True))
+        steps.append(normalize)
         steps.append(mt.SpatialPadd(keys=both, spatial_size=patch, mode="constant"))
         if sampling == "random":
             steps.append(mt.RandSpatialCropd(keys=both, roi_size=patch, random_size=False))
@@ -232,7 +230,7 @@ def make_transforms(ds: RawDataset, train: bool, patch_size: Sequence[int] | Non
             steps.append(mt.RandScaleIntensityd(keys="image", factors=0.1, prob=0.5))
             steps.append(mt.RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5))
     else:
-        steps.append(mt.NormalizeIntensityd(keys="image", nonzero=nonzero, channel_wise=True))
+        steps.append(normalize)
     if ds.has_regions:
         steps.append(LabelToRegionsd("label", [r for _, r in ds.regions]))
         steps.append(mt.EnsureTyped(keys=both, dtype=torch.float32, track_meta=False, allow_missing_keys=True))
@@ -332,9 +330,11 @@ class LoadedCase:
         regions: ``(R, *spatial)`` bool region masks (region datasets), else None.
         spacing: voxel size per spatial axis (png: 1.0).
         affine: NIfTI affine (4x4) or None.
-        instances: cell instance mask (``int32``, 0 background) when the
-            dataset has one for this case, else None.
+        instances: instance mask (``int32``, 0 background) when the dataset
+            has one for this case, else None.
         files: the case's files.
+        header: nibabel header of the first channel file (png: None); write a
+            prediction with ``save_image_file(path, label, like=case)``.
     """
 
     case_id: str
@@ -345,11 +345,12 @@ class LoadedCase:
     affine: np.ndarray | None
     instances: np.ndarray | None
     files: CaseFiles
+    header: object | None = None
 
 
 def load_case(dataset: RawDataset | str | os.PathLike, case_id: str, subset: str | None = None,
               normalization: str | None = None, root: str | os.PathLike | None = None) -> LoadedCase:
-    """Read and normalise one case for inference (same reader and normalisation as training).
+    """Read and normalise one case for inference, through the validation transforms of :func:`make_transforms`.
 
     Args:
         dataset: a :class:`RawDataset`, a dataset folder or a name under ``root``.
@@ -360,32 +361,12 @@ def load_case(dataset: RawDataset | str | os.PathLike, case_id: str, subset: str
     ds = open_dataset(dataset, root)
     files = ds.get(case_id, subset)
     raw = ds.read_case(files)
-    info = ds.info
-    normalization = normalization or (info.normalization if info else "zscore")
-    norm = mt.NormalizeIntensity(nonzero=normalization == "zscore_nonzero", channel_wise=True)
-    image = torch.as_tensor(np.asarray(norm(raw.image)), dtype=torch.float32)
+    out = make_transforms(ds, train=False, normalization=normalization)({"case": raw})
     label = regions = None
     if raw.label is not None:
         label = torch.from_numpy(raw.label.astype(np.int64))
         if ds.has_regions:
-            regions = torch.stack([torch.isin(label, torch.tensor(r)) for _, r in ds.regions])
+            regions = out["label"].bool()
     instances = ds.read_instances(files) if files.instances is not None else None
-    return LoadedCase(raw.case_id, image, label, regions, raw.spacing, raw.affine, instances, files)
-
-
-def regions_to_label(masks: torch.Tensor | np.ndarray, regions_class_order: Sequence[int]):
-    """Binary region masks ``(R, *spatial)`` -> label map, nnU-Net style.
-
-    Label ``regions_class_order[i]`` is painted where region ``i`` is on, in
-    order, so nested regions (BraTS: whole tumour, core, enhancing) give the
-    innermost label. Works on tensors and arrays.
-    """
-    if len(masks) != len(regions_class_order):
-        raise ValueError(f"{len(masks)} region masks but {len(regions_class_order)} entries in regions_class_order")
-    if isinstance(masks, torch.Tensor):
-        out = torch.zeros(masks.shape[1:], dtype=torch.long, device=masks.device)
-    else:
-        out = np.zeros(np.shape(masks)[1:], dtype=np.int64)
-    for mask, value in zip(masks, regions_class_order):
-        out[mask.bool() if isinstance(mask, torch.Tensor) else np.asarray(mask, bool)] = int(value)
-    return out
+    return LoadedCase(raw.case_id, out["image"], label, regions, raw.spacing, raw.affine, instances, files,
+                      raw.header)

@@ -1,4 +1,4 @@
-"""nnU-Net v2 raw datasets: find, validate, read and write them.
+"""nnU-Net v2 raw datasets: find, open, validate and read them.
 
 The on-disk format (nnU-Net v2 "raw")::
 
@@ -12,9 +12,8 @@ The on-disk format (nnU-Net v2 "raw")::
 
 ``<ext>`` is dataset.json's ``file_ending``: ``.png`` (2D; an RGB png holds
 three channels in its one ``_0000`` file) or ``.nii.gz`` / ``.nii`` (3D, one
-channel per file). Files are read with MONAI's ``PILReader`` and
-``NibabelReader``; arrays keep the stored axis order: 2D ``(C, H, W)``, 3D
-``(C, X, Y, Z)`` as nibabel returns it (no reorientation, no resampling).
+channel per file). The files themselves are read and written by
+:mod:`logvmamba.data.formats`.
 
 Every problem is a :class:`~logvmamba.data.errors.DatasetError` whose one-line
 message starts with the file at fault.
@@ -22,41 +21,39 @@ message starts with the file at fault.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from logvmamba.data.errors import DatasetError
+from logvmamba.data.formats import INSTANCE_SUFFIX, SUPPORTED_FILE_ENDINGS, read_image_file, read_instance_file
+# callers that predate formats.py import these from here; they belong to formats.py
+from logvmamba.data.formats import (  # noqa: F401
+    save_instance_mask,
+    save_nifti,
+    save_png,
+    staged_dataset_dir,
+    write_dataset_json,
+)
 from logvmamba.data.registry import DATASETS, DatasetInfo, find_info
 
 __all__ = [
-    "SUPPORTED_FILE_ENDINGS",
+    "SUBSETS",
     "CaseFiles",
     "CaseData",
     "RawDataset",
+    "open_dataset",
     "resolve_dataset_dir",
     "missing_dataset_error",
     "load_dataset_json",
-    "read_image_file",
-    "read_instance_file",
-    "write_dataset_json",
-    "save_png",
-    "save_nifti",
-    "save_instance_mask",
-    "staged_dataset_dir",
 ]
 
-SUPPORTED_FILE_ENDINGS = (".png", ".nii.gz", ".nii")
 SUBSETS = ("Tr", "Ts")
-INSTANCE_SUFFIX = ".tiff"
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
@@ -136,6 +133,13 @@ def resolve_dataset_dir(name_or_path: str | os.PathLike, root: str | os.PathLike
     raise missing_dataset_error(root / names[0], info)
 
 
+def open_dataset(dataset: RawDataset | str | os.PathLike, root: str | os.PathLike | None = None) -> RawDataset:
+    """A :class:`RawDataset` from a dataset, a folder, or a name looked up under ``root``."""
+    if isinstance(dataset, RawDataset):
+        return dataset
+    return RawDataset(resolve_dataset_dir(dataset, root))
+
+
 # ----------------------------------------------------------------------------
 # dataset.json
 # ----------------------------------------------------------------------------
@@ -206,95 +210,6 @@ def _is_int(value) -> bool:
 
 
 # ----------------------------------------------------------------------------
-# reading files (MONAI readers)
-# ----------------------------------------------------------------------------
-
-def _file_ending(path: Path) -> str:
-    name = path.name
-    for ending in SUPPORTED_FILE_ENDINGS:
-        if name.endswith(ending):
-            return ending
-    return path.suffix
-
-
-def read_image_file(path: str | os.PathLike, kind: str = "image") -> tuple[np.ndarray, dict]:
-    """Read one png or NIfTI file with MONAI's readers.
-
-    Returns:
-        ``(array, meta)``: a png as ``(C, H, W)`` (``C`` = 1, 3 or 4 as
-        stored); a NIfTI file as ``(1, X, Y, Z)``; ``meta`` holds ``spacing``
-        (per spatial axis) and ``affine`` (4x4, NIfTI only, else None).
-
-    Raises:
-        DatasetError: the file is missing, unreadable or corrupt.
-    """
-    from monai.data import NibabelReader, PILReader
-
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(path, f"{kind} file missing")
-    ending = _file_ending(path)
-    try:
-        if ending == ".png":
-            # palette images hold colours, not channels; label maps keep their indices
-            converter = (lambda im: im.convert("RGB") if im.mode in ("P", "PA") else im) if kind == "image" else None
-            reader = PILReader(converter=converter, reverse_indexing=False)
-            array, _ = reader.get_data(reader.read(str(path)))
-            array = np.asarray(array)
-            array = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
-            meta = {"spacing": (1.0, 1.0), "affine": None}
-        elif ending in (".nii.gz", ".nii"):
-            reader = NibabelReader()
-            array, header = reader.get_data(reader.read(str(path)))
-            array = np.asarray(array)
-            while array.ndim > 3 and array.shape[-1] == 1:
-                array = array[..., 0]
-            affine = np.asarray(header["affine"], dtype=np.float64)
-            spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
-            meta = {"spacing": spacing, "affine": affine}
-            if array.ndim != 3:
-                raise DatasetError(path, f"{kind} must be a 3D volume, got shape {array.shape}")
-            array = array[None]
-        else:
-            raise DatasetError(path, f"unsupported file type {ending!r} (supported: {list(SUPPORTED_FILE_ENDINGS)})")
-    except DatasetError:
-        raise
-    except Exception as err:  # corrupt or truncated file: any reader error
-        raise DatasetError(path, f"cannot read {kind} (corrupt or not a {ending} file): "
-                                 f"{type(err).__name__}: {err}") from None
-    return array, meta
-
-
-def read_instance_file(path: str | os.PathLike) -> np.ndarray:
-    """Read an instance mask (``.tiff``; 0 = background, 1..N = instances) as int32.
-
-    Uses ``tifffile`` when it is installed (any TIFF the challenge wrote),
-    else Pillow (uncompressed and deflate/LZW 8/16/32-bit TIFFs).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(path, "instance mask file missing")
-    try:
-        try:
-            import tifffile
-        except ImportError:
-            from PIL import Image
-
-            with Image.open(path) as image:
-                array = np.asarray(image)
-        else:
-            array = np.asarray(tifffile.imread(str(path)))
-    except Exception as err:
-        raise DatasetError(path, f"cannot read instance mask (corrupt or not a tiff): "
-                                 f"{type(err).__name__}: {err}") from None
-    array = np.squeeze(array)
-    if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):
-        raise DatasetError(path, f"cannot read instance mask: expected a 2D integer image, got "
-                                 f"{array.dtype} of shape {array.shape}")
-    return array.astype(np.int32)
-
-
-# ----------------------------------------------------------------------------
 # the reader
 # ----------------------------------------------------------------------------
 
@@ -328,6 +243,8 @@ class CaseData:
         spacing: voxel size per spatial axis (1.0 for png).
         affine: NIfTI affine (4x4) or None for png.
         files: where it came from.
+        header: the nibabel header of the first channel file (None for png),
+            the reference of :func:`~logvmamba.data.formats.save_nifti`'s ``like``.
     """
 
     case_id: str
@@ -336,6 +253,7 @@ class CaseData:
     spacing: tuple[float, ...]
     affine: np.ndarray | None
     files: CaseFiles
+    header: object | None = None
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -543,7 +461,8 @@ class RawDataset:
         label = None
         if with_label and files.label is not None:
             label = self._read_label(files.label, image.shape[1:])
-        return CaseData(files.case_id, image, label, tuple(meta0["spacing"]), meta0["affine"], files)
+        return CaseData(files.case_id, image, label, tuple(meta0["spacing"]), meta0["affine"], files,
+                        meta0["header"])
 
     def _read_label(self, path: Path, shape: Sequence[int]) -> np.ndarray:
         array, _ = read_image_file(path, "label")
@@ -589,94 +508,3 @@ class RawDataset:
                                                             f"match image shape {data.spatial_shape}")
                 n += 1
         return n
-
-
-# ----------------------------------------------------------------------------
-# writing
-# ----------------------------------------------------------------------------
-
-def write_dataset_json(folder: str | os.PathLike, content: Mapping) -> Path:
-    """Write ``<folder>/dataset.json`` (indented, keys in the given order)."""
-    path = Path(folder) / "dataset.json"
-    path.write_text(json.dumps(content, indent=4) + "\n", encoding="utf-8")
-    return path
-
-
-def save_png(path: str | os.PathLike, array: np.ndarray) -> Path:
-    """Save ``(H, W)`` (label or grayscale) or ``(3, H, W)`` / ``(H, W, 3)`` RGB uint8 as png."""
-    from PIL import Image
-
-    array = np.asarray(array)
-    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
-        array = np.moveaxis(array, 0, -1)
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.dtype != np.uint8:
-        if array.min() < 0 or array.max() > 255:
-            raise ValueError(f"png data must fit uint8, got range [{array.min()}, {array.max()}]")
-        array = array.astype(np.uint8)
-    path = Path(path)
-    Image.fromarray(np.ascontiguousarray(array)).save(path, format="PNG")
-    return path
-
-
-def save_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray | None = None,
-               spacing: Sequence[float] | None = None, dtype=None, header=None) -> Path:
-    """Save a 3D array as NIfTI (``.nii.gz`` compressed); affine defaults to ``diag(spacing)``."""
-    import nibabel as nib
-
-    array = np.asarray(array)
-    if dtype is not None:
-        array = array.astype(dtype)
-    if affine is None:
-        affine = np.diag([*(spacing or (1.0, 1.0, 1.0)), 1.0])
-    image = nib.Nifti1Image(array, np.asarray(affine, dtype=np.float64), header=header)
-    image.set_data_dtype(array.dtype)
-    if header is not None:  # keep the geometry, drop any intensity scaling of the source
-        image.header.set_slope_inter(None, None)
-    image.set_qform(image.affine, code=1)
-    image.set_sform(image.affine, code=1)
-    path = Path(path)
-    nib.save(image, str(path))
-    return path
-
-
-def save_instance_mask(path: str | os.PathLike, array: np.ndarray) -> Path:
-    """Save a 2D instance mask as an uncompressed TIFF (uint16, or int32 beyond 65535 instances)."""
-    from PIL import Image
-
-    array = np.asarray(array)
-    if array.min(initial=0) < 0 or array.max(initial=0) >= 2 ** 31:
-        raise ValueError(f"instance ids must lie in [0, 2**31), got [{array.min()}, {array.max()}]")
-    array = array.astype(np.uint16 if array.max(initial=0) < 2 ** 16 else np.int32)
-    path = Path(path)
-    Image.fromarray(np.ascontiguousarray(array)).save(path, format="TIFF")
-    return path
-
-
-@contextlib.contextmanager
-def staged_dataset_dir(dest_root: str | os.PathLike, name: str, overwrite: bool = False) -> Iterator[Path]:
-    """Build a dataset folder in a temporary sibling and rename it into place at the end.
-
-    Yields the temporary folder ``<dest_root>/.<name>.*.partial``; on success it
-    becomes ``<dest_root>/<name>`` (an existing one is replaced only with
-    ``overwrite``); on any error it is removed, so nothing half-written is left.
-    """
-    dest_root = Path(dest_root).expanduser()
-    final = dest_root / name
-    if final.exists() and not overwrite:
-        raise DatasetError(final, "already exists; remove it or pass overwrite=True (--overwrite)")
-    dest_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=dest_root))
-    try:
-        yield tmp
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=dest_root))
-            os.replace(final, old / name)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

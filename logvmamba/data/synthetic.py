@@ -51,13 +51,14 @@ import numpy as np
 from scipy import ndimage
 
 from logvmamba.data.errors import DatasetError
-from logvmamba.data.raw import (
+from logvmamba.data.formats import (
     save_instance_mask,
     save_nifti,
     save_png,
     staged_dataset_dir,
     write_dataset_json,
 )
+from logvmamba.data.labels import instance_to_semantic
 from logvmamba.data.registry import DATASETS, get_info
 
 __all__ = [
@@ -68,7 +69,6 @@ __all__ = [
     "cell_case",
     "brats_case",
     "acdc_patient",
-    "instance_to_semantic",
     "main",
 ]
 
@@ -197,25 +197,6 @@ def endoscopy_case(rng: np.random.Generator, shape: tuple[int, int] = (96, 128))
 # ----------------------------------------------------------------------------
 # cell: touching instances, interior / boundary
 # ----------------------------------------------------------------------------
-
-def instance_to_semantic(instances: np.ndarray) -> np.ndarray:
-    """Instance mask -> 0 background, 1 interior, 2 boundary.
-
-    A cell pixel is boundary when one of its 4 neighbours belongs to another
-    instance or to the background (pixels beyond the image edge do not
-    count). Used by the synthetic generator and by the cell converter for the
-    test instance masks, so both sides use one rule.
-    """
-    inst = np.asarray(instances)
-    padded = np.pad(inst, 1, mode="edge")
-    centre = padded[1:-1, 1:-1]
-    differs = np.zeros(inst.shape, dtype=bool)
-    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
-        differs |= padded[dy:dy + inst.shape[0], dx:dx + inst.shape[1]] != centre
-    out = (inst > 0).astype(np.uint8)
-    out[(inst > 0) & differs] = 2
-    return out
-
 
 def cell_case(rng: np.random.Generator, shape: tuple[int, int] = (96, 96)):
     """One synthetic microscopy image.

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from logvmamba.data.raw import RawDataset, read_image_file, resolve_dataset_dir
+from logvmamba.data.formats import read_image_file
+from logvmamba.data.raw import open_dataset
 from logvmamba.evaluation.protocols import aggregate, score_case
 from logvmamba.io import atomic_write, atomic_write_text
 
@@ -29,12 +30,6 @@ __all__ = ["PER_CASE_FILE", "SUMMARY_FILE", "evaluate_folder", "evaluate_predict
 
 SUMMARY_FILE = "summary.json"
 PER_CASE_FILE = "per_case.csv"
-
-
-def _open(dataset, root) -> RawDataset:
-    if isinstance(dataset, RawDataset):
-        return dataset
-    return RawDataset(resolve_dataset_dir(dataset, root=root))
 
 
 def _read_label(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -71,7 +66,7 @@ def evaluate_predictions(dataset, pred_dir: str | os.PathLike, case_ids: Sequenc
     """
     import pandas as pd
 
-    ds = _open(dataset, root)
+    ds = open_dataset(dataset, root)
     info = ds.info
     if info is None:
         raise KeyError(f"{ds.path}: not one of the suite's datasets (endoscopy, cell, brats, acdc)")
