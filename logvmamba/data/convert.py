@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import logging
 import re
 import shutil
 import sys
@@ -62,6 +63,8 @@ from logvmamba.data.labels import instance_to_semantic
 from logvmamba.data.registry import DATASETS, get_info
 
 __all__ = ["convert", "convert_endoscopy", "convert_cell", "convert_brats", "convert_acdc", "CONVERTERS", "main"]
+
+logger = logging.getLogger(__name__)
 
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 BRATS_LABEL_MAP = {0: 0, 1: 2, 2: 1, 4: 3}  # BraTS -> nnU-Net (Dataset137 converter)
@@ -150,6 +153,7 @@ def _copy_png_case(case: str, image: Path, label: Path | None, out_images: Path,
 
 def _finish(folder: Path, key: str, name: str, n_train: int, n_test: int, description: str, **extra) -> None:
     info = get_info(key)
+    logger.info("%s: %d training and %d test case(s) converted", name, n_train, n_test)
     content = info.dataset_json(name=name, numTraining=n_train, numTest=n_test, description=description, **extra)
     write_dataset_json(folder, content)
     from logvmamba.data.splits import get_splits
@@ -179,6 +183,7 @@ def convert_endoscopy(source_dir: str | Path, dest_dir: str | Path, overwrite: b
             (out / f"images{subset}").mkdir()
             (out / f"labels{subset}").mkdir()
             pairs = _png_pairs(src / f"images{subset}", src / f"labels{subset}", need_labels=subset == "Tr")
+            logger.info("endoscopy: checking and copying %d images%s case(s) from %s", len(pairs), subset, src)
             for case, image, label in pairs:
                 _copy_png_case(case, image, label, out / f"images{subset}", out / f"labels{subset}", allowed)
             counts[subset] = len(pairs)
@@ -198,6 +203,7 @@ def convert_cell(source_dir: str | Path, dest_dir: str | Path, overwrite: bool =
         (out / "imagesTr").mkdir()
         (out / "labelsTr").mkdir()
         pairs = _png_pairs(src / "imagesTr", src / "labelsTr", need_labels=True)
+        logger.info("cell: checking and copying %d imagesTr case(s) from %s", len(pairs), src)
         for case, image, label in pairs:
             _copy_png_case(case, image, label, out / "imagesTr", out / "labelsTr", allowed)
         n_test = 0
@@ -206,6 +212,7 @@ def convert_cell(source_dir: str | Path, dest_dir: str | Path, overwrite: bool =
             for sub in ("imagesTs", "labelsTs", "labelsTs-instance"):
                 (out / sub).mkdir()
             mask_dir = src / "labelsVal-instance-mask"
+            logger.info("cell: converting the validation images and instance masks of %s", src)
             for case, image, _ in _png_pairs(val_images, None, need_labels=False):
                 size = _copy_png_case(case, image, None, out / "imagesTs", None, allowed)
                 mask_file = mask_dir / f"{case}_label.tiff"
@@ -290,6 +297,7 @@ def convert_brats(source_dir: str | Path, dest_dir: str | Path, overwrite: bool 
     with staged_dataset_dir(dest_dir, name, overwrite) as out:
         (out / "imagesTr").mkdir()
         (out / "labelsTr").mkdir()
+        logger.info("brats: converting %d BraTS %s case(s) from %s", len(cases), found, base)
         for case_dir in cases:
             case = case_dir.name
             seg_file = _brats_seg_file(case_dir, case)
@@ -374,6 +382,7 @@ def convert_acdc(source_dir: str | Path, dest_dir: str | Path, overwrite: bool =
                 raise DatasetError(src / folder, "no patientNNN/ folders found")
             (out / f"images{subset}").mkdir()
             (out / f"labels{subset}").mkdir()
+            logger.info("acdc: converting the ED and ES frames of %d %s patient(s)", len(patients), folder)
             for patient in patients:
                 fields = _read_info_cfg(patient / "Info.cfg")
                 for frame in sorted({int(fields["ED"]), int(fields["ES"])}):
@@ -412,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--release", choices=["2020", "2021"], default=None,
                         help="brats only: require this BraTS release (default: detected)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     kwargs = {"release": args.release} if args.dataset == "brats" else {}
     if args.release and args.dataset != "brats":
         parser.error("--release applies to brats only")

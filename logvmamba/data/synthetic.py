@@ -39,6 +39,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -71,6 +72,8 @@ __all__ = [
     "acdc_patient",
     "main",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 def _rng(seed: int, key: str, index: int) -> np.random.Generator:
@@ -547,7 +550,9 @@ def generate(key: str, dest_root: str | os.PathLike, seed: int = 0, num_cases: i
         if write_splits:
             from logvmamba.data.splits import get_splits
             get_splits(folder, protocol=info.split_protocol)
-    return Path(dest_root) / info.synthetic_name
+    folder = Path(dest_root) / info.synthetic_name
+    logger.info("%s: %d training and %d test case(s) written to %s", key, n_train, n_test, folder)
+    return folder
 
 
 def generate_all(dest_root: str | os.PathLike, seed: int = 0, num_cases: int | None = None,
@@ -566,13 +571,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=None, help="training cases per dataset")
     parser.add_argument("--overwrite", action="store_true", help="replace existing folders")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     keys = list(DATASETS) if args.dataset == "all" else [args.dataset]
     try:
-        for key in keys:
-            print(generate(key, args.dest_root, args.seed, args.cases, overwrite=args.overwrite))
+        folders = [generate(key, args.dest_root, args.seed, args.cases, overwrite=args.overwrite) for key in keys]
     except (DatasetError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    print("\n".join(str(folder) for folder in folders))
     return 0
 
 

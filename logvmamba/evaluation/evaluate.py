@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -27,6 +28,8 @@ from logvmamba.evaluation.protocols import aggregate, score_case
 from logvmamba.io import atomic_write, atomic_write_text
 
 __all__ = ["PER_CASE_FILE", "SUMMARY_FILE", "evaluate_folder", "evaluate_predictions", "main"]
+
+logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
 PER_CASE_FILE = "per_case.csv"
@@ -85,6 +88,7 @@ def evaluate_predictions(dataset, pred_dir: str | os.PathLike, case_ids: Sequenc
 
     from tqdm import tqdm
 
+    logger.info("scoring %d case(s) of %s in %s (%s protocol)", len(case_ids), ds.name, pred_dir, info.scoring)
     rows = []
     for case_id in tqdm(case_ids, desc="score", unit="case", disable=not sys.stderr.isatty(), leave=False):
         files = ds.get(case_id, subset)
@@ -106,6 +110,7 @@ def evaluate_predictions(dataset, pred_dir: str | os.PathLike, case_ids: Sequenc
     with atomic_write(per_case_path) as tmp:
         table.to_csv(tmp, index=False)
     atomic_write_text(summary_path, json.dumps(summary, indent=2) + "\n")
+    logger.info("wrote %s and %s", summary_path, per_case_path)
     return summary
 
 
@@ -128,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="endoscopy NSD: U-Mamba's 'slab' (default) or DeepMind's 2D 'contour'")
     parser.add_argument("--count-border-cells", action="store_true", help="cell: keep cells on the image border")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     options = {}
     if args.nsd_mode:
         options["nsd_mode"] = args.nsd_mode
