@@ -60,6 +60,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
+from logvmamba.data.labels import label_to_regions
 from logvmamba.data.registry import DATASETS, DatasetInfo, find_info
 from logvmamba.evaluation import metrics as M
 
@@ -217,8 +218,7 @@ def _masks(x, classes: Sequence[tuple[str, tuple[int, ...]]], name: str) -> list
             raise ValueError(f"{name}: {x.shape[0]} region channels, expected {len(classes)}")
         stack = x > 0.5 if np.issubdtype(x.dtype, np.floating) else x.astype(bool)
         return list(stack)
-    labels = _label_map(x, name)
-    return [np.isin(labels, values) for _, values in classes]
+    return list(label_to_regions(_label_map(x, name), [values for _, values in classes]))
 
 
 def _dice_hd95(pred, gt, classes, spacing) -> dict[str, float]:
