@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from logvmamba.data import RawDataset
-from logvmamba.data.raw import save_png
+from logvmamba.data.formats import save_png
 from logvmamba.evaluation import (
     aggregate,
     class_regions,

@@ -32,14 +32,8 @@ import numpy as np
 
 from logvmamba.data.errors import DatasetError
 from logvmamba.data.formats import INSTANCE_SUFFIX, SUPPORTED_FILE_ENDINGS, read_image_file, read_instance_file
-# callers that predate formats.py import these from here; they belong to formats.py
-from logvmamba.data.formats import (  # noqa: F401
-    save_instance_mask,
-    save_nifti,
-    save_png,
-    staged_dataset_dir,
-    write_dataset_json,
-)
+# logvmamba/infer.py still imports the two writers from here; drop them once it imports from formats
+from logvmamba.data.formats import save_nifti, save_png  # noqa: F401
 from logvmamba.data.registry import DATASETS, DatasetInfo, find_info
 
 __all__ = [
