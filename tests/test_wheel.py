@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -32,12 +33,23 @@ def _run(cmd: list[str], cwd: Path, timeout: int = 900) -> str:
     return out.stdout
 
 
+def _outputs(folder: str, names: list[str]) -> set[str]:
+    """Names copytree leaves out: build outputs anywhere, workflow outputs at the top."""
+    skip = {n for n in names if n in {".git", "build", "__pycache__"} or n.endswith(".egg-info")}
+    if Path(folder) == ROOT:
+        skip |= {".snakemake", "results", "resources", "logs"} & set(names)
+    return skip
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """Python of a fresh venv holding the wheel of this checkout."""
     tmp = tmp_path_factory.mktemp("wheel")
+    # Built from a copy: a stale build/ of the checkout would put deleted modules into the wheel.
+    source = tmp / "src"
+    shutil.copytree(ROOT, source, ignore=_outputs)
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-          "-w", str(tmp / "dist"), str(ROOT)], cwd=tmp)
+          "-w", str(tmp / "dist"), str(source)], cwd=tmp)
     wheels = list((tmp / "dist").glob("logvmamba-*.whl"))
     assert len(wheels) == 1, wheels
     venv.create(tmp / "venv", system_site_packages=True, with_pip=False)
