@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
 from itertools import combinations
 from pathlib import Path
@@ -27,15 +26,12 @@ import torch
 import torch.nn as nn
 
 from logvmamba.data import DatasetError, RawDataset, load_case, regions_to_label
-from logvmamba.io import atomic_write
+from logvmamba.data.formats import channel_files, read_image_file, save_image_file
 
 __all__ = ["predict_logits", "logits_to_label", "predict_case", "save_prediction", "predict_dataset",
            "read_image_folder", "predict_folder"]
 
 logger = logging.getLogger(__name__)
-
-_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-
 
 def _first(output):
     return output[0] if isinstance(output, (list, tuple)) else output
@@ -96,20 +92,9 @@ def predict_case(model, ds: RawDataset, case_id: str, patch_size, overlap=0.5, t
 
 
 def save_prediction(label: np.ndarray, case_id: str, out_dir: str | os.PathLike, file_ending: str,
-                    affine: np.ndarray | None = None, spacing: Sequence[float] | None = None) -> Path:
-    """Write a prediction in the dataset's file format (png, or NIfTI with the image's affine)."""
-    from logvmamba.data.raw import save_nifti, save_png
-
-    path = Path(out_dir) / f"{case_id}{file_ending}"
-    with atomic_write(path) as tmp:
-        if file_ending == ".png":
-            save_png(tmp, label.astype(np.uint8))
-        else:
-            # nibabel picks the format by the file name: write beside, then move onto tmp
-            named = tmp.with_name(tmp.name + file_ending)
-            save_nifti(named, label.astype(np.uint8), affine=affine, spacing=spacing)
-            os.replace(named, tmp)
-    return path
+                    like=None) -> Path:
+    """Write a prediction in the dataset's file format; NIfTI keeps the geometry of ``like`` (the image)."""
+    return save_image_file(Path(out_dir) / f"{case_id}{file_ending}", label.astype(np.uint8), like=like)
 
 
 def predict_dataset(
@@ -129,7 +114,7 @@ def predict_dataset(
     paths = []
     for case_id in tqdm(case_ids, desc="predict", disable=not sys.stderr.isatty(), leave=False):
         label, case = predict_case(model, ds, case_id, patch_size, overlap, tta, subset)
-        paths.append(save_prediction(label, case.case_id, out_dir, ds.file_ending, case.affine, case.spacing))
+        paths.append(save_prediction(label, case.case_id, out_dir, ds.file_ending, like=case))
     logger.info("%d prediction(s) written to %s", len(paths), out_dir)
     return paths
 
@@ -147,18 +132,11 @@ def read_image_folder(folder: str | os.PathLike, data: Mapping) -> dict[str, lis
     ending = data["file_ending"]
     if not folder.is_dir():
         raise DatasetError(folder, "input folder not found")
-    cases: dict[str, dict[int, Path]] = {}
-    for file in sorted(folder.iterdir()):
-        if file.name.startswith(".") or not file.name.endswith(ending):
-            continue
-        match = _CHANNEL.match(file.name[: -len(ending)])
-        if match is None:
-            raise DatasetError(file, f"image file names must end with _CCCC{ending} (4-digit channel index)")
-        cases.setdefault(match["case"], {})[int(match["channel"])] = file
+    cases = channel_files(folder, ending)
     if not cases:
         raise DatasetError(folder, f"no {ending} images named <case>_<CCCC>{ending}; the checkpoint was trained on "
                                    f"{ending} files with channels {', '.join(data['channel_names'])}")
-    files_needed = 1 if ending == ".png" else len(data["channel_names"])
+    files_needed = 1 if ending == ".png" else len(data["channel_names"])  # a png holds its RGB channels
     out = {}
     for case_id, files in cases.items():
         for c in range(files_needed):
@@ -171,10 +149,8 @@ def read_image_folder(folder: str | os.PathLike, data: Mapping) -> dict[str, lis
 
 
 def _read_image(files: Sequence[Path], data: Mapping) -> tuple[torch.Tensor, dict]:
-    """(normalised (C, *spatial) image, meta of the first file) as training normalised it."""
-    from monai.transforms import NormalizeIntensity
-
-    from logvmamba.data.raw import read_image_file
+    """(normalised (C, *spatial) image, meta of the first file), normalised as in training."""
+    from logvmamba.data.loading import normalizer
 
     arrays, meta = [], None
     for file in files:
@@ -185,8 +161,8 @@ def _read_image(files: Sequence[Path], data: Mapping) -> tuple[torch.Tensor, dic
     if image.shape[0] != len(data["channel_names"]):
         raise DatasetError(files[0], f"{image.shape[0]} channel(s), the checkpoint was trained on "
                                      f"{len(data['channel_names'])} ({', '.join(data['channel_names'])})")
-    norm = NormalizeIntensity(nonzero=data["normalization"] == "zscore_nonzero", channel_wise=True)
-    return torch.as_tensor(np.asarray(norm(image)), dtype=torch.float32), meta
+    image = normalizer(data["normalization"])({"image": image})["image"]
+    return torch.as_tensor(np.asarray(image), dtype=torch.float32), meta
 
 
 def predict_folder(model: nn.Module, checkpoint: Mapping, input_dir: str | os.PathLike, out_dir: str | os.PathLike,
@@ -207,7 +183,7 @@ def predict_folder(model: nn.Module, checkpoint: Mapping, input_dir: str | os.Pa
                            files[0], tuple(round(s, 3) for s in meta["spacing"]), tuple(round(s, 3) for s in trained))
         logits = predict_logits(model, image, inference["patch_size"], inference["overlap"], tta)
         label = logits_to_label(logits, data["regions_class_order"])
-        paths.append(save_prediction(label, case_id, out_dir, data["file_ending"], meta["affine"], meta["spacing"]))
+        paths.append(save_prediction(label, case_id, out_dir, data["file_ending"], like=meta))
     logger.info("%d prediction(s) written to %s", len(paths), out_dir)
     return paths
 

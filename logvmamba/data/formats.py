@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,6 +29,7 @@ __all__ = [
     "SUPPORTED_FILE_ENDINGS",
     "INSTANCE_SUFFIX",
     "file_ending",
+    "channel_files",
     "read_image_file",
     "read_instance_file",
     "save_png",
@@ -54,6 +56,26 @@ def file_ending(path: str | os.PathLike) -> str:
 # ----------------------------------------------------------------------------
 # reading
 # ----------------------------------------------------------------------------
+
+_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def channel_files(folder: str | os.PathLike, ending: str) -> dict[str, dict[int, Path]]:
+    """Case id -> {channel index: file} of an nnU-Net image folder (``<case>_<CCCC><ending>``).
+
+    Raises:
+        DatasetError: a file with the ending whose name lacks the 4-digit channel index.
+    """
+    cases: dict[str, dict[int, Path]] = {}
+    for file in sorted(Path(folder).iterdir()):
+        if file.name.startswith(".") or not file.name.endswith(ending):
+            continue
+        match = _CHANNEL_RE.match(file.name[: -len(ending)])
+        if match is None:
+            raise DatasetError(file, f"image file names must end with _CCCC{ending} (4-digit channel index)")
+        cases.setdefault(match["case"], {})[int(match["channel"])] = file
+    return cases
+
 
 def read_image_file(path: str | os.PathLike, kind: str = "image") -> tuple[np.ndarray, dict]:
     """Read one png or NIfTI file with MONAI's readers.

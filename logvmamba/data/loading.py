@@ -67,6 +67,7 @@ __all__ = [
     "open_dataset",
     "default_patch_size",
     "make_transforms",
+    "normalizer",
     "make_dataset",
     "make_loader",
     "load_case",
@@ -179,6 +180,13 @@ def _check_trainable(ds: RawDataset) -> None:
         raise DatasetError(path, f"{ds.num_classes} output classes/regions, {info.key} has {info.num_outputs}")
 
 
+def normalizer(normalization: str):
+    """The intensity normalisation of training and inference for the ``"image"`` key."""
+    if normalization not in ("zscore", "zscore_nonzero"):
+        raise ValueError(f"normalization must be 'zscore' or 'zscore_nonzero', got {normalization!r}")
+    return mt.NormalizeIntensityd(keys="image", nonzero=normalization == "zscore_nonzero", channel_wise=True)
+
+
 def make_transforms(ds: RawDataset, train: bool, patch_size: Sequence[int] | None = None,
                     augment: bool = True, sampling: str | None = None, normalization: str | None = None):
     """The MONAI ``Compose`` used by :func:`make_loader`.
@@ -201,7 +209,7 @@ def make_transforms(ds: RawDataset, train: bool, patch_size: Sequence[int] | Non
     if sampling not in ("foreground", "random"):
         raise ValueError(f"sampling must be 'foreground' or 'random', got {sampling!r}")
     nonzero = normalization == "zscore_nonzero"
-    normalize = mt.NormalizeIntensityd(keys="image", nonzero=nonzero, channel_wise=True)
+    normalize = normalizer(normalization)
     both = ["image", "label"]
     steps: list = [LoadCased(ds)]
     if train:

@@ -31,9 +31,9 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from logvmamba.data.errors import DatasetError
-from logvmamba.data.formats import INSTANCE_SUFFIX, SUPPORTED_FILE_ENDINGS, read_image_file, read_instance_file
-# logvmamba/infer.py still imports the two writers from here; drop them once it imports from formats
-from logvmamba.data.formats import save_nifti, save_png  # noqa: F401
+from logvmamba.data.formats import (
+    INSTANCE_SUFFIX, SUPPORTED_FILE_ENDINGS, channel_files, read_image_file, read_instance_file,
+)
 from logvmamba.data.registry import DATASETS, DatasetInfo, find_info
 
 __all__ = [
@@ -48,7 +48,6 @@ __all__ = [
 ]
 
 SUBSETS = ("Tr", "Ts")
-_CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 # ----------------------------------------------------------------------------
@@ -379,14 +378,7 @@ class RawDataset:
         if not image_dir.is_dir():
             return []
         ending = self.file_ending
-        channels: dict[str, dict[int, Path]] = {}
-        for file in sorted(image_dir.iterdir()):
-            if file.name.startswith(".") or not file.name.endswith(ending):
-                continue
-            match = _CHANNEL_RE.match(file.name[: -len(ending)])
-            if match is None:
-                raise DatasetError(file, f"image file names must end with _CCCC{ending} (4-digit channel index)")
-            channels.setdefault(match["case"], {})[int(match["channel"])] = file
+        channels = channel_files(image_dir, ending)
         labels = {}
         if label_dir.is_dir():
             labels = {f.name[: -len(ending)]: f for f in sorted(label_dir.iterdir())
