@@ -31,7 +31,7 @@ import torch.nn as nn
 from logvmamba.io import atomic_write
 
 __all__ = ["FORMAT", "CheckpointError", "data_spec", "model_args", "save_checkpoint", "load_checkpoint",
-           "build_model", "load_trained_model"]
+           "build_model", "load_trained_model", "median_spacing"]
 
 FORMAT = "logvmamba-checkpoint-1"
 

@@ -153,8 +153,9 @@ def _case_spacing(ds: RawDataset, case_id: str) -> list[float]:
         return [1.0] * ds.spatial_dims
     import nibabel as nib
 
-    affine = nib.load(str(path)).affine
-    return [float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))]
+    from logvmamba.data.formats import affine_spacing
+
+    return list(affine_spacing(nib.load(str(path)).affine))  # header only: the voxels are not read
 
 
 # ----------------------------------------------------------------------------- validation

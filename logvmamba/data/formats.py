@@ -29,6 +29,7 @@ __all__ = [
     "SUPPORTED_FILE_ENDINGS",
     "INSTANCE_SUFFIX",
     "file_ending",
+    "affine_spacing",
     "channel_files",
     "read_image_file",
     "read_instance_file",
@@ -58,6 +59,12 @@ def file_ending(path: str | os.PathLike) -> str:
 # ----------------------------------------------------------------------------
 
 _CHANNEL_RE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def affine_spacing(affine) -> tuple[float, ...]:
+    """Voxel size per array axis: the lengths of the affine's first three columns."""
+    affine = np.asarray(affine, dtype=np.float64)
+    return tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
 
 
 def channel_files(folder: str | os.PathLike, ending: str) -> dict[str, dict[int, Path]]:
@@ -117,7 +124,7 @@ def read_image_file(path: str | os.PathLike, kind: str = "image") -> tuple[np.nd
             while array.ndim > 3 and array.shape[-1] == 1:
                 array = array[..., 0]
             affine = np.asarray(header["affine"], dtype=np.float64)
-            spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+            spacing = affine_spacing(affine)
             meta = {"spacing": spacing, "affine": affine, "header": stored_header}
             if array.ndim != 3:
                 raise DatasetError(path, f"{kind} must be a 3D volume, got shape {array.shape}")
