@@ -209,6 +209,10 @@ def test_bad_arguments_raise():
     x = make_inputs(d=4, L=5, groups=3)
     with pytest.raises(ValueError, match="groups dividing d=4"):
         run_scan(x, "torch", False, False)
+    x = make_inputs(d=4, L=5, groups=2)
+    x["C"] = x["C"][:, :1]
+    with pytest.raises(ValueError, match="one number of groups"):
+        run_scan(x, "torch", False, False)
 
 
 def test_import_does_not_pull_in_mamba_ssm():
@@ -315,3 +319,31 @@ def test_non_contiguous_inputs(small_chunks):
         assert_close(a, e, 1e-10)
     for k in grads:
         assert_close(grads[k], ref_grads[k], 1e-10, k)
+
+
+@pytest.mark.parametrize("backend", ["ref", "torch", "fused"])
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_scan_runs_in_float32_under_autocast(backend, half, monkeypatch):
+    if backend not in available_backends():
+        pytest.skip(f"{backend} cannot run here")
+    impl = get_backend(backend)
+    seen = []
+    for method in ("forward", "backward"):
+        def spy(*args, _inner=getattr(impl, method), _method=method):
+            seen.append((_method, torch.is_autocast_enabled("cpu")))
+            return _inner(*args)
+        monkeypatch.setattr(impl, method, spy)
+    x = make_inputs(batch=1, d=4, L=40, n=4, dtype=torch.float32)
+    # as under autocast: activations in half precision, parameters in float32
+    low = {k: (v.detach().to(half).requires_grad_() if k in ("u", "delta", "B", "C", "z") else v)
+           for k, v in x.items()}
+    with torch.autocast("cpu", dtype=half):
+        outs, grads = outputs_and_grads(low, backend, True, False)
+    assert seen == [("forward", False), ("backward", False)]
+    assert outs[0].dtype == half and all(grads[k].dtype == low[k].dtype for k in grads)
+    exact = {k: (v.detach().double().requires_grad_() if v is not None else None) for k, v in low.items()}
+    outs_ref, grads_ref = outputs_and_grads(exact, "ref", True, False)
+    # float32 inside: only the rounding of y and of each gradient to its input's dtype remains
+    tol = 2.0 ** -7 if half == torch.bfloat16 else 2.0 ** -10
+    for got, want in [(outs[0], outs_ref[0])] + [(grads[k], grads_ref[k]) for k in grads]:
+        assert (got.double() - want).abs().max() / want.abs().max() < tol

@@ -133,7 +133,9 @@ class SelectiveScanFn(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, backend):
         impl = _BACKENDS[backend]
         inputs = (u, delta, A, B, C, D, z, delta_bias)
-        with torch.no_grad():
+        # Under autocast the scan still runs in float32: its exponentials and
+        # long sums lose everything in bfloat16 / float16.
+        with torch.no_grad(), torch.autocast(u.device.type, enabled=False):
             y, last, extra = impl.forward(inputs, delta_softplus)
         ctx.backend = backend
         ctx.delta_softplus = delta_softplus
@@ -148,7 +150,8 @@ class SelectiveScanFn(torch.autograd.Function):
     def backward(ctx, gy, glast=None):
         saved = ctx.saved_tensors
         inputs, extra = saved[: ctx.n_inputs], saved[ctx.n_inputs:]
-        grads = _BACKENDS[ctx.backend].backward(inputs, extra, ctx.delta_softplus, gy, glast)
+        with torch.autocast(inputs[0].device.type, enabled=False):
+            grads = _BACKENDS[ctx.backend].backward(inputs, extra, ctx.delta_softplus, gy, glast)
         out = []
         for g, x, need in zip(grads, inputs, ctx.needs_input_grad):
             out.append(g.to(x.dtype).reshape(x.shape) if (need and g is not None) else None)

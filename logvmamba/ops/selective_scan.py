@@ -13,8 +13,8 @@ Backends, one module each over :mod:`logvmamba.ops.backend`:
   backward with per-chunk recomputation.
 - ``"cuda"`` (``cuda_scan.py``): mamba-ssm's fused kernel, imported only when
   asked for.
-- ``"triton"`` (``triton_scan.py``): a Triton forward kernel for CUDA GPUs
-  without mamba-ssm; inference only.
+- ``"triton"`` (``triton_scan.py``): Triton kernels for CUDA GPUs without
+  mamba-ssm, forward and backward.
 - ``"fused"`` (``fused.py``): a C++ loop for CPUs, forward and backward,
   compiled at first use.
 
@@ -22,8 +22,8 @@ Backends, one module each over :mod:`logvmamba.ops.backend`:
 ``with scan_backend(name):``; outside any such block it is the
 ``LOGVMAMBA_SCAN`` environment variable as it was when this module was first
 imported, else "auto" itself, which tries the backends in the order of
-:data:`~logvmamba.ops.backend.AUTO_ORDER`: cuda, triton (no gradient
-needed), fused (CPU tensors), torch.
+:data:`~logvmamba.ops.backend.AUTO_ORDER`: cuda, triton (CUDA tensors),
+fused (CPU tensors), torch.
 """
 
 from __future__ import annotations
@@ -117,6 +117,9 @@ def _check_args(u, delta, A, B, C, D, z, delta_bias) -> None:
                 f"{name} must be (batch={b}, n={n}, L={L}) or (batch, groups, n, L) "
                 f"with groups dividing d={d}, got {tuple(t.shape)}"
             )
+    groups_B, groups_C = (1 if t.dim() == 3 else t.shape[1] for t in (B, C))
+    if groups_B != groups_C:
+        raise ValueError(f"B and C must have one number of groups (as mamba-ssm), got {groups_B} and {groups_C}")
     for name, t in (("D", D), ("delta_bias", delta_bias)):
         if t is not None and t.shape != (d,):
             raise ValueError(f"{name} must be (d={d},), got {tuple(t.shape)}")
