@@ -26,7 +26,9 @@ import torch
 import torch.nn as nn
 
 from logvmamba.data import DatasetError, RawDataset, load_case, regions_to_label
-from logvmamba.data.formats import channel_files, read_image_file, save_image_file
+from logvmamba.data.formats import (
+    SUPPORTED_FILE_ENDINGS, case_and_channel, file_ending, read_image_file, save_image_file,
+)
 
 __all__ = ["predict_logits", "logits_to_label", "predict_case", "save_prediction", "predict_dataset",
            "read_image_folder", "predict_folder"]
@@ -119,37 +121,63 @@ def predict_dataset(
     return paths
 
 
-# ----------------------------------------------------------------------------- a folder of images
+# ----------------------------------------------------------------------------- a user's own files
 
 
-def read_image_folder(folder: str | os.PathLike, data: Mapping) -> dict[str, list[Path]]:
-    """Case id -> channel files of an image folder, checked against a checkpoint's ``data``.
+def read_image_folder(path: str | os.PathLike, data: Mapping) -> dict[str, list[Path]]:
+    """Case id -> channel files of an image file or folder, checked against a checkpoint's ``data``.
+
+    Files named ``<case>_<CCCC><ending>`` (nnU-Net's naming) are one case per
+    ``<case>``, one file per channel; any other png, TIFF or NIfTI file is a
+    case of its own (a png or TIFF may hold its RGB channels). A file given
+    directly takes its ``_CCCC`` siblings along. Any supported ending is
+    accepted, not only the training data's.
 
     Raises:
-        DatasetError: no images, a name without ``_CCCC``, or a missing channel file.
+        DatasetError: nothing to read, or a missing channel file.
     """
-    folder = Path(folder)
-    ending = data["file_ending"]
-    if not folder.is_dir():
-        raise DatasetError(folder, "input folder not found")
-    cases = channel_files(folder, ending)
+    path = Path(path)
+    if path.is_file():
+        folder, only = path.parent, path
+    elif path.is_dir():
+        folder, only = path, None
+    else:
+        raise DatasetError(path, "input file or folder not found")
+    endings = SUPPORTED_FILE_ENDINGS
+    cases: dict[str, dict[int, Path]] = {}
+    for file in sorted(folder.iterdir()):
+        ending = file_ending(file)
+        if file.name.startswith(".") or ending not in endings or not file.is_file():
+            continue
+        case_id, channel = case_and_channel(file)
+        if only is not None and case_id != case_and_channel(only)[0]:
+            continue
+        files = cases.setdefault(case_id, {})
+        if (channel or 0) in files:
+            raise DatasetError(file, f"two input files for case {case_id!r} channel {channel or 0}: "
+                                     f"{files[channel or 0].name} and {file.name}")
+        files[channel or 0] = file
     if not cases:
-        raise DatasetError(folder, f"no {ending} images named <case>_<CCCC>{ending}; the checkpoint was trained on "
-                                   f"{ending} files with channels {', '.join(data['channel_names'])}")
-    files_needed = 1 if ending == ".png" else len(data["channel_names"])  # a png holds its RGB channels
+        raise DatasetError(path, f"no images ({', '.join(endings)}); the checkpoint was trained on "
+                                 f"{data['file_ending']} files with channels {', '.join(data['channel_names'])}")
     out = {}
     for case_id, files in cases.items():
-        for c in range(files_needed):
+        first = files[min(files)]
+        for c in range(max(files) + 1):
             if c not in files:
-                raise DatasetError(folder / f"{case_id}_{c:04d}{ending}",
+                raise DatasetError(first.with_name(f"{case_id}_{c:04d}{file_ending(first)}"),
                                    f"channel file missing for case {case_id!r} (the checkpoint expects "
-                                   f"{files_needed} file(s) per case)")
+                                   f"{len(data['channel_names'])} channel(s): {', '.join(data['channel_names'])})")
         out[case_id] = [files[c] for c in sorted(files)]
     return out
 
 
-def _read_image(files: Sequence[Path], data: Mapping) -> tuple[torch.Tensor, dict]:
-    """(normalised (C, *spatial) image, meta of the first file), normalised as in training."""
+def _read_image(files: Sequence[Path], data: Mapping, spatial_dims: int) -> tuple[torch.Tensor, dict]:
+    """(normalised (C, *spatial) image, meta of the first file), normalised as in training.
+
+    Raises:
+        DatasetError: the channel count or the number of spatial axes is not the checkpoint's.
+    """
     from logvmamba.data.loading import normalizer
 
     arrays, meta = [], None
@@ -157,33 +185,47 @@ def _read_image(files: Sequence[Path], data: Mapping) -> tuple[torch.Tensor, dic
         array, m = read_image_file(file)
         meta = meta or m
         arrays.append(array)
+    if arrays[0].ndim - 1 != spatial_dims:
+        raise DatasetError(files[0], f"a {arrays[0].ndim - 1}D image of shape {arrays[0].shape[1:]}, the checkpoint "
+                                     f"is a {spatial_dims}D model")
+    shapes = {a.shape[1:] for a in arrays}
+    if len(shapes) > 1:
+        raise DatasetError(files[0], f"the channel files of this case differ in shape: {sorted(shapes)}")
     image = np.concatenate(arrays, axis=0).astype(np.float32, copy=False)
-    if image.shape[0] != len(data["channel_names"]):
-        raise DatasetError(files[0], f"{image.shape[0]} channel(s), the checkpoint was trained on "
-                                     f"{len(data['channel_names'])} ({', '.join(data['channel_names'])})")
+    expected = data["channel_names"]
+    if image.shape[0] != len(expected):
+        what = {1: " (a grayscale image)", 3: " (an RGB image)", 4: " (an RGBA image)"}.get(image.shape[0], "")
+        raise DatasetError(files[0], f"{image.shape[0]} channel(s){what}, the checkpoint was trained on "
+                                     f"{len(expected)} ({', '.join(expected)})")
     image = normalizer(data["normalization"])({"image": image})["image"]
     return torch.as_tensor(np.asarray(image), dtype=torch.float32), meta
 
 
-def predict_folder(model: nn.Module, checkpoint: Mapping, input_dir: str | os.PathLike, out_dir: str | os.PathLike,
+def predict_folder(model: nn.Module, checkpoint: Mapping, input_path: str | os.PathLike, out_dir: str | os.PathLike,
                    tta: bool | None = None) -> list[Path]:
-    """Predict every image of a folder with a loaded checkpoint (see :func:`read_image_folder`)."""
+    """Predict an image file, or every image of a folder, with a loaded checkpoint.
+
+    Each prediction is ``<out_dir>/<case><ending>`` in the input's own format;
+    NIfTI predictions keep the input's header (affine, qform / sform, spacing).
+    See :func:`read_image_folder` for what counts as a case.
+    """
     from tqdm import tqdm
 
     data, inference = checkpoint["data"], checkpoint["inference"]
     tta = inference.get("tta", False) if tta is None else tta
-    cases = read_image_folder(input_dir, data)
+    cases = read_image_folder(input_path, data)
+    spatial_dims = len(inference["patch_size"])
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     paths = []
     for case_id, files in tqdm(cases.items(), desc="predict", disable=not sys.stderr.isatty(), leave=False):
-        image, meta = _read_image(files, data)
+        image, meta = _read_image(files, data, spatial_dims)
         trained = data.get("spacing")
         if trained and meta["spacing"] and not np.allclose(meta["spacing"], trained, rtol=0.25):
             logger.warning("%s: spacing %s differs from the training data's median %s (no resampling is done)",
                            files[0], tuple(round(s, 3) for s in meta["spacing"]), tuple(round(s, 3) for s in trained))
         logits = predict_logits(model, image, inference["patch_size"], inference["overlap"], tta)
         label = logits_to_label(logits, data["regions_class_order"])
-        paths.append(save_prediction(label, case_id, out_dir, data["file_ending"], like=meta))
+        paths.append(save_prediction(label, case_id, out_dir, file_ending(files[0]), like=meta))
     logger.info("%d prediction(s) written to %s", len(paths), out_dir)
     return paths
 
@@ -194,7 +236,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Predict whole images with a trained checkpoint.")
     parser.add_argument("--checkpoint", required=True)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--input", help="folder of images <case>_<CCCC><ending> (no dataset needed)")
+    source.add_argument("--input", help="an image file or a folder of them: png, TIFF or NIfTI, "
+                                        "<case>_<CCCC><ending> for one file per channel (no dataset needed)")
     source.add_argument("--dataset", help="dataset folder (nnU-Net raw); predicts --subset")
     parser.add_argument("--cases", nargs="*", help="case ids of --dataset (default: every case of --subset)")
     parser.add_argument("--subset", default="Tr", choices=["Tr", "Ts"])

@@ -30,18 +30,20 @@ __all__ = [
     "INSTANCE_SUFFIX",
     "file_ending",
     "affine_spacing",
+    "case_and_channel",
     "channel_files",
     "read_image_file",
     "read_instance_file",
     "save_png",
     "save_nifti",
     "save_image_file",
+    "save_tiff",
     "save_instance_mask",
     "write_dataset_json",
     "staged_dataset_dir",
 ]
 
-SUPPORTED_FILE_ENDINGS = (".png", ".nii.gz", ".nii")
+SUPPORTED_FILE_ENDINGS = (".png", ".tif", ".tiff", ".nii.gz", ".nii")
 INSTANCE_SUFFIX = ".tiff"
 
 
@@ -67,6 +69,14 @@ def affine_spacing(affine) -> tuple[float, ...]:
     return tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
 
 
+def case_and_channel(path: str | os.PathLike) -> tuple[str, int | None]:
+    """(case id, channel index) of ``<case>_<CCCC><ending>``; (name without ending, None) otherwise."""
+    name = Path(path).name
+    stem = name[: len(name) - len(file_ending(name))]
+    match = _CHANNEL_RE.match(stem)
+    return (match["case"], int(match["channel"])) if match else (stem, None)
+
+
 def channel_files(folder: str | os.PathLike, ending: str) -> dict[str, dict[int, Path]]:
     """Case id -> {channel index: file} of an nnU-Net image folder (``<case>_<CCCC><ending>``).
 
@@ -77,22 +87,40 @@ def channel_files(folder: str | os.PathLike, ending: str) -> dict[str, dict[int,
     for file in sorted(Path(folder).iterdir()):
         if file.name.startswith(".") or not file.name.endswith(ending):
             continue
-        match = _CHANNEL_RE.match(file.name[: -len(ending)])
-        if match is None:
+        case_id, channel = case_and_channel(file)
+        if channel is None:
             raise DatasetError(file, f"image file names must end with _CCCC{ending} (4-digit channel index)")
-        cases.setdefault(match["case"], {})[int(match["channel"])] = file
+        cases.setdefault(case_id, {})[channel] = file
     return cases
 
 
+def _read_tiff(path: Path) -> np.ndarray:
+    """A TIFF's first series (tifffile)."""
+    import tifffile
+
+    return np.asarray(tifffile.imread(str(path)))
+
+
+def _tiff_channels_first(path: Path, array: np.ndarray, kind: str) -> np.ndarray:
+    """(H, W), (H, W, C) or (C, H, W) with C <= 4 as (C, H, W)."""
+    if array.ndim == 2:
+        return array[None]
+    if array.ndim == 3 and array.shape[-1] <= 4 < min(array.shape[:2]):
+        return np.moveaxis(array, -1, 0)
+    if array.ndim == 3 and array.shape[0] <= 4 < min(array.shape[1:]):
+        return array
+    raise DatasetError(path, f"{kind} must be a 2D TIFF (H, W) or with up to 4 channels, got shape {array.shape}")
+
+
 def read_image_file(path: str | os.PathLike, kind: str = "image") -> tuple[np.ndarray, dict]:
-    """Read one png or NIfTI file with MONAI's readers.
+    """Read one png, TIFF or NIfTI file (MONAI's readers; tifffile for TIFF).
 
     Returns:
-        ``(array, meta)``: a png as ``(C, H, W)`` (``C`` = 1, 3 or 4 as
-        stored); a NIfTI file as ``(1, X, Y, Z)``. ``meta`` holds ``spacing``
+        ``(array, meta)``: a png or 2D TIFF as ``(C, H, W)`` (``C`` = 1, 3
+        or 4 as stored); a NIfTI file as ``(1, X, Y, Z)``. ``meta`` holds ``spacing``
         (per spatial axis), ``affine`` (4x4, as MONAI's reader gives it) and
         ``header`` (the nibabel header as stored, for :func:`save_nifti`'s
-        ``like``); both None for a png.
+        ``like``); both None for a png or TIFF (spacing 1).
 
     Raises:
         DatasetError: the file is missing, unreadable or corrupt.
@@ -111,6 +139,9 @@ def read_image_file(path: str | os.PathLike, kind: str = "image") -> tuple[np.nd
             array, _ = reader.get_data(reader.read(str(path)))
             array = np.asarray(array)
             array = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+            meta = {"spacing": (1.0, 1.0), "affine": None, "header": None}
+        elif ending in (".tif", ".tiff"):
+            array = _tiff_channels_first(path, _read_tiff(path), kind)
             meta = {"spacing": (1.0, 1.0), "affine": None, "header": None}
         elif ending in (".nii.gz", ".nii"):
             import nibabel as nib
@@ -140,24 +171,12 @@ def read_image_file(path: str | os.PathLike, kind: str = "image") -> tuple[np.nd
 
 
 def read_instance_file(path: str | os.PathLike) -> np.ndarray:
-    """Read an instance mask (``.tiff``; 0 = background, 1..N = instances) as int32.
-
-    Uses ``tifffile`` when it is installed (any TIFF the challenge wrote),
-    else Pillow (uncompressed and deflate/LZW 8/16/32-bit TIFFs).
-    """
+    """Read an instance mask (``.tiff``; 0 = background, 1..N = instances) as int32."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(path, "instance mask file missing")
     try:
-        try:
-            import tifffile
-        except ImportError:
-            from PIL import Image
-
-            with Image.open(path) as image:
-                array = np.asarray(image)
-        else:
-            array = np.asarray(tifffile.imread(str(path)))
+        array = _read_tiff(path)
     except Exception as err:
         raise DatasetError(path, f"cannot read instance mask (corrupt or not a tiff): "
                                  f"{type(err).__name__}: {err}") from None
@@ -253,11 +272,23 @@ def save_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.ndarray | 
     return path
 
 
+def save_tiff(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Save a 2D array (a label map) as an uncompressed TIFF, in its dtype."""
+    import tifffile
+
+    path = Path(path)
+    with _atomic_named(path) as tmp:
+        tifffile.imwrite(str(tmp), np.ascontiguousarray(array))
+    return path
+
+
 def save_image_file(path: str | os.PathLike, array: np.ndarray, like=None) -> Path:
-    """Save a label map or image in the format of ``path``'s ending (png, or NIfTI ``like`` a reference)."""
+    """Save a label map or image in the format of ``path``'s ending (png, TIFF, or NIfTI ``like`` a reference)."""
     ending = file_ending(path)
     if ending == ".png":
         return save_png(path, array)
+    if ending in (".tif", ".tiff"):
+        return save_tiff(path, array)
     if ending in (".nii.gz", ".nii"):
         return save_nifti(path, array, like=like)
     raise ValueError(f"{path}: unsupported file type {ending!r} (supported: {list(SUPPORTED_FILE_ENDINGS)})")
