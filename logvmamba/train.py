@@ -7,12 +7,20 @@ score), ``log.csv`` (one row per epoch) and ``train_done.json``. Rerunning a
 killed run resumes from ``checkpoint_last.pt`` and ends with the same weights as
 an unbroken run: every epoch reseeds all random streams from (seed, epoch).
 
+Launched by ``torchrun --nproc_per_node W``, the processes train one model
+(DistributedDataParallel) on the global batch ``recipe["batch_size"]``, each
+on its ``1/W`` share of the one-process batches (see
+:class:`logvmamba.data.loading.EpochSampler`); the batch Dice is computed from sums
+over all processes, so the gradient is the one-process gradient. Only rank 0
+writes files.
+
 Usage: ``python -m logvmamba.train --model NAME --dataset DIR --out DIR [--config FILE] [--seed N]``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -27,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -38,7 +47,7 @@ from logvmamba.data import RawDataset, split_case_ids
 from logvmamba.infer import predict_case
 from logvmamba.io import atomic_write_text
 
-__all__ = ["train", "TrainingDiverged", "lr_at", "SegmentationLoss"]
+__all__ = ["train", "TrainingDiverged", "lr_at", "SegmentationLoss", "amp_mode"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,26 +89,60 @@ def lr_at(epoch: int, recipe: dict) -> float:
     raise ValueError(f"unknown schedule {kind!r}; use constant, poly, cosine or step")
 
 
-class SegmentationLoss(nn.Module):
-    """Dice + CE over classes, or Dice + BCE over sigmoid regions; deep supervision weights.
+def _sum_over_processes(local: torch.Tensor) -> torch.Tensor:
+    """``local`` summed over all processes; the gradient flows through this process's part, times W.
 
-    Deep-supervision weights follow nnU-Net: 1/2^i per scale, the lowest scale off,
-    normalised to sum 1; targets are resized with nearest neighbours.
+    DDP averages the W processes' gradients, so the factor W makes the average the
+    gradient of the one-process loss (nnU-Net v2's batch Dice under DDP).
+    """
+    total = local.detach().clone()
+    dist.all_reduce(total)
+    world = dist.get_world_size()
+    return total + world * (local - local.detach())
+
+
+class SegmentationLoss(nn.Module):
+    """Batch Dice + CE over softmax classes, or batch Dice + BCE over sigmoid regions; deep supervision.
+
+    The Dice is MONAI's ``DiceLoss(batch=True, smooth_nr=1e-5, smooth_dr=1e-5)``: per
+    class (region), ``1 - (2 tp + 1e-5) / (2 tp + fp + fn + 1e-5)`` with the sums over
+    the batch and every voxel, averaged over classes; the CE (BCE) is the mean over
+    voxels, so for classes the loss is MONAI's ``DiceCELoss`` (whose CE over several
+    sigmoid channels would be a softmax CE, not BCE). With ``ddp`` the Dice sums run
+    over the global batch of all processes (see :func:`_sum_over_processes`). Deep-supervision weights follow nnU-Net: 1/2^i
+    per scale, the lowest scale off, normalised to sum 1; targets are resized with
+    nearest neighbours. Computed in float32 whatever the output's dtype.
     """
 
-    def __init__(self, regions: bool, dice_weight: float = 1.0, ce_weight: float = 1.0):
+    def __init__(self, regions: bool, dice_weight: float = 1.0, ce_weight: float = 1.0, ddp: bool = False,
+                 smooth: float = 1e-5):
         super().__init__()
-        from monai.losses import DiceCELoss
+        self.regions, self.ddp, self.smooth = regions, ddp, smooth
+        self.dice_weight, self.ce_weight = dice_weight, ce_weight
 
-        self.regions = regions
-        self.loss = DiceCELoss(
-            to_onehot_y=not regions, softmax=not regions, sigmoid=regions, batch=True,
-            lambda_dice=dice_weight, lambda_ce=ce_weight, smooth_nr=1e-5, smooth_dr=1e-5,
-        )
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of one output scale; ``target`` at the output's size."""
+        logits = logits.float()
+        if self.regions:
+            truth = target.float()
+            prob = torch.sigmoid(logits)
+            ce = F.binary_cross_entropy_with_logits(logits, truth)
+        else:
+            labels = target[:, 0].long()
+            truth = F.one_hot(labels, logits.shape[1]).movedim(-1, 1).to(logits.dtype)
+            prob = torch.softmax(logits, 1)
+            ce = F.cross_entropy(logits, labels)
+        axes = [0, *range(2, logits.ndim)]
+        sums = torch.stack([(prob * truth).sum(axes), prob.sum(axes), truth.sum(axes)])
+        if self.ddp:
+            sums = _sum_over_processes(sums)
+        tp, predicted, present = sums
+        dice = 1 - (2 * tp + self.smooth) / (predicted + present + self.smooth)
+        return self.dice_weight * dice.mean() + self.ce_weight * ce
 
     def forward(self, output, target: torch.Tensor) -> torch.Tensor:
         if not isinstance(output, (list, tuple)):
-            return self.loss(output.float(), target)
+            return self.loss(output, target)
         weights = [0.5**i for i in range(len(output))]
         if len(output) > 1:
             weights[-1] = 0.0
@@ -109,8 +152,30 @@ class SegmentationLoss(nn.Module):
             if w == 0:
                 continue
             t = target if out.shape[2:] == target.shape[2:] else F.interpolate(target.float(), size=out.shape[2:], mode="nearest")
-            loss = loss + (w / total) * self.loss(out.float(), t if self.regions else t.long())
+            loss = loss + (w / total) * self.loss(out, t)
         return loss
+
+
+def amp_mode(amp: bool | str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, GradScaler on) of the recipe's ``amp`` on ``device``.
+
+    ``true`` is nnU-Net's trainer: float16 with a GradScaler on CUDA, off elsewhere;
+    ``"float16"`` is float16 with a GradScaler and ``"bfloat16"`` bfloat16 without
+    one, on any device; ``false`` is off.
+    """
+    if amp is False:
+        return None, False
+    if amp is True:
+        return (torch.float16, True) if device.type == "cuda" else (None, False)
+    if amp == "float16":
+        return torch.float16, True
+    if amp == "bfloat16":
+        return torch.bfloat16, False
+    raise ValueError(f"amp must be false, true, 'float16' or 'bfloat16', got {amp!r}")
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def seed_everything(seed: int) -> None:
@@ -120,6 +185,7 @@ def seed_everything(seed: int) -> None:
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seed of an epoch; ``rank`` > 0 only for the torch/numpy streams a network draws (DropPath)."""
     return (seed * 1_000_003 + epoch * 7919 + rank * 104_729) % 2**31
 
 
@@ -161,33 +227,56 @@ def _case_spacing(ds: RawDataset, case_id: str) -> list[float]:
 # ----------------------------------------------------------------------------- validation
 
 
-def validate(model: nn.Module, ds: RawDataset, case_ids, recipe: dict) -> float:
-    """The dataset's main score on whole validation images."""
+def validate(model: nn.Module, ds: RawDataset, case_ids, recipe: dict, rank: int = 0, world: int = 1) -> float:
+    """The dataset's main score on whole validation images.
+
+    With ``world`` processes each scores every ``world``-th case and all get the score
+    of all cases, in one process's order.
+    """
     import pandas as pd
 
     from logvmamba.evaluation import aggregate, score_case
 
     rows = []
-    for case_id in case_ids:
-        pred, case = predict_case(model, ds, case_id, recipe["patch_size"], recipe["overlap"])
-        rows.append(score_case(ds.info, pred, case))
+    for index in range(rank, len(case_ids), world):
+        pred, case = predict_case(model, ds, case_ids[index], recipe["patch_size"], recipe["overlap"])
+        rows.append((index, score_case(ds.info, pred, case)))
+    if world > 1:
+        shares = [None] * world
+        dist.all_gather_object(shares, rows)
+        rows = sorted((row for share in shares for row in share), key=lambda row: row[0])
     model.train()
-    return float(aggregate(pd.DataFrame(rows), ds.info)["main"])
+    return float(aggregate(pd.DataFrame([row for _, row in rows]), ds.info)["main"])
 
 
 # ----------------------------------------------------------------------------- training
 
 
 def _distributed() -> tuple[int, int]:
-    """(rank, world size); starts the process group when launched by torchrun."""
+    """(rank, world size); starts the process group when launched by torchrun (nccl on CUDA, else gloo)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1
-    import torch.distributed as dist
-
     if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))  # nccl's barrier uses the current device
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), world
+
+
+def _barrier(world: int) -> None:
+    """Wait for every process (nothing with one process)."""
+    if world > 1:
+        dist.barrier()
+
+
+def _mean_over_processes(value: torch.Tensor, world: int) -> float:
+    """A scalar averaged over the processes (each sees the same value, so all stop together)."""
+    if world == 1:
+        return value.item()
+    value = value.detach().float().reshape(1).clone()
+    dist.all_reduce(value)  # gloo has no AVG
+    return value.item() / world
 
 
 def train(
@@ -207,18 +296,27 @@ def train(
     or of other weight-deciding recipe keys (all but :data:`logvmamba.config.INFERENCE_KEYS`)
     is an error, or with ``restart_stale`` is discarded (the workflow retrains a run
     whose recipe changed). ``progress`` shows a bar per epoch when stderr is a terminal.
+    Under torchrun every process calls it; ``recipe["batch_size"]`` is the global
+    batch, the validation cases are shared out, rank 0 alone writes, and all return
+    after its writes.
+    ``recipe["amp"]`` picks the autocast (see :func:`amp_mode`).
 
     Raises:
         TrainingDiverged: a non-finite loss (the last good checkpoint is kept).
+        ValueError: a batch size that does not divide by the processes, or a
+            checkpoint of another recipe or seed.
     """
     from tqdm import tqdm
 
     from logvmamba.data import make_loader
 
     rank, world = _distributed()
+    if recipe["batch_size"] % world:
+        raise ValueError(f"batch_size {recipe['batch_size']} is the global batch and must divide by the {world} processes")
     device = torch.device(device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     ds = RawDataset(dataset_dir)
     val_cases = split_case_ids(ds, "val", fold)[: recipe["val_cases"] or None]
     train_cases = split_case_ids(ds, "train", fold)
@@ -231,9 +329,9 @@ def train(
     model = build_model(args).to(device)
     _check_freezable(model, recipe)
     optimizer = build_optimizer(model, recipe)
-    loss_fn = SegmentationLoss(ds.has_regions, recipe["dice_weight"], recipe["ce_weight"])
-    use_amp = bool(recipe["amp"]) and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    loss_fn = SegmentationLoss(ds.has_regions, recipe["dice_weight"], recipe["ce_weight"], ddp=world > 1)
+    amp_dtype, use_scaler = amp_mode(recipe["amp"], device)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
     log_rows: list[dict] = []
     start_epoch, best = 0, -math.inf
 
@@ -251,12 +349,13 @@ def train(
     kept_path = out / ".checkpoint_best.resume.pt"
     if last_path.is_file():
         saved = load_checkpoint(last_path, map_location=device)
+        _barrier(world)  # every process has read it before rank 0 removes or links files
         if weight_recipe(saved["recipe"]) != weight_recipe(recipe) or saved["seed"] != seed:
             if not restart_stale:
                 raise ValueError(f"{last_path}: checkpoint of another recipe or seed; remove it or use a new output folder")
-            logger.warning("%s: checkpoint of another recipe or seed, starting over", last_path)
             saved = None
             if rank == 0:
+                logger.warning("%s: checkpoint of another recipe or seed, starting over", last_path)
                 last_path.unlink()
                 best_path.unlink(missing_ok=True)
                 kept_path.unlink(missing_ok=True)
@@ -267,38 +366,46 @@ def train(
             optimizer.load_state_dict(saved["optimizer"])
             scaler.load_state_dict(saved["scaler"])
             start_epoch, best, log_rows = saved["epoch"] + 1, saved["best"], saved["log"]
-            logger.info("%s: resuming after epoch %d of %d", last_path, start_epoch, recipe["epochs"])
+            if rank == 0:
+                logger.info("%s: resuming after epoch %d of %d", last_path, start_epoch, recipe["epochs"])
 
-    net = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
+    net, trained = model, None
     show = progress and rank == 0 and sys.stderr.isatty()
     for epoch in range(start_epoch, recipe["epochs"]):
         t0 = time.perf_counter()
         seed_everything(_epoch_seed(seed, epoch, rank))
         if recipe["freeze_encoder_epochs"]:
             _set_encoder_frozen(model, epoch < recipe["freeze_encoder_epochs"])
+        if world > 1:
+            trainable = [p.requires_grad for p in model.parameters()]
+            if trainable != trained:  # DDP reduces the gradients of the parameters that train when it is built
+                # find_unused_parameters: the lowest deep-supervision head has loss weight 0 (nnU-Net)
+                net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                          find_unused_parameters=True)
+                trained = trainable
         lr = lr_at(epoch, recipe)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loader = make_loader(
             ds, "train", fold=fold, patch_size=recipe["patch_size"], batch_size=recipe["batch_size"],
-            seed=_epoch_seed(seed, epoch, rank), num_workers=recipe["num_workers"],
-            samples_per_epoch=recipe["iterations"] * recipe["batch_size"],
+            seed=_epoch_seed(seed, epoch), num_workers=recipe["num_workers"],
+            samples_per_epoch=recipe["iterations"] * recipe["batch_size"], rank=rank, world_size=world,
         )
         net.train()
         losses = []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{recipe['epochs']}", disable=not show, leave=False)
         for it, batch in enumerate(bar):
             image, target = batch["image"].to(device), batch["label"].to(device)
-            with torch.autocast(device.type, enabled=use_amp):
-                loss = loss_fn(net(image), target)
-            if not torch.isfinite(loss):
+            with _autocast(device, amp_dtype):
+                output = net(image)
+            loss = loss_fn(output, target)  # float32, outside autocast
+            value = _mean_over_processes(loss, world)  # the one-process loss of the global batch
+            if not math.isfinite(value):
                 raise TrainingDiverged(
-                    f"{out}: loss is {loss.item()} at epoch {epoch} iteration {it}; "
+                    f"{out}: loss is {value} at epoch {epoch} iteration {it}; "
                     f"stopped, the last good checkpoint is {last_path if last_path.exists() else 'none (first epoch)'}"
-                    + (" (AMP is on: try amp: false with grad_clip)" if use_amp else "")
+                    + (f" ({str(amp_dtype).removeprefix('torch.')} autocast is on: try amp: false with grad_clip)"
+                       if amp_dtype is not None else "")
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -307,17 +414,18 @@ def train(
                 nn.utils.clip_grad_norm_(model.parameters(), recipe["grad_clip"])
             scaler.step(optimizer)
             scaler.update()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            losses.append(value)
+            bar.set_postfix(loss=f"{value:.4f}")
 
         val_score = math.nan
-        if rank == 0 and val_cases and ((epoch + 1) % recipe["val_every"] == 0 or epoch + 1 == recipe["epochs"]):
-            val_score = validate(model, ds, val_cases, recipe)
+        if val_cases and ((epoch + 1) % recipe["val_every"] == 0 or epoch + 1 == recipe["epochs"]):
+            val_score = validate(model, ds, val_cases, recipe, rank, world)
         row = dict(epoch=epoch, train_loss=float(np.mean(losses)), val_score=val_score, lr=lr, seconds=time.perf_counter() - t0)
         log_rows.append(row)
+        improved = not math.isnan(val_score) and val_score > best
+        best = val_score if improved else best
         if rank == 0:
-            if not math.isnan(val_score) and val_score > best:
-                best = val_score
+            if improved:
                 save_checkpoint(best_path, state(epoch, resumable=False))
                 _link_or_copy(best_path, kept_path)
             save_checkpoint(last_path, state(epoch, resumable=True))
@@ -335,6 +443,7 @@ def train(
             save_checkpoint(best_path, state(recipe["epochs"] - 1, resumable=False))
         _write_log(out / "log.csv", log_rows)
         atomic_write_text(out / "train_done.json", json.dumps(summary, indent=2) + "\n")
+    _barrier(world)  # no process returns (and reads the run folder) before rank 0 has written it
     return summary
 
 
@@ -373,6 +482,9 @@ def main(argv=None) -> None:
         train(recipe, args.dataset, args.out, seed=args.seed, fold=args.fold)
     except TrainingDiverged as err:
         raise SystemExit(f"error: {err}") from None
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -36,10 +36,14 @@ Preprocessing (per dataset, from :data:`~logvmamba.data.registry.DATASETS`):
   (p 0.2, x0.7-1.4); flips on every spatial axis (p 0.5); intensity scale and
   shift by up to 0.1 (p 0.5 each).
 
-Determinism: the transform chain's random state and the sampling order come
-from ``seed`` (``Compose.set_random_state`` and a seeded ``torch.Generator``
-given to MONAI's ``DataLoader``, which also seeds each worker), so the same
-seed and ``num_workers`` give the same batches.
+Determinism: a training epoch is a sequence of draws (case indices) made
+from ``seed`` alone (:class:`EpochSampler`), and draw ``i`` reseeds the
+transform chain from ``(seed, i)`` before it is read (:class:`SeededDraws`),
+so its patch and augmentation depend on neither the number of workers nor
+the number of processes. With ``world_size`` processes, ``batch_size`` is the
+global batch: process ``rank`` takes its share of every global batch, and the
+``world_size`` shares of batch ``k`` are the one-process batch ``k``.
+Validation and test patches come from ``Compose.set_random_state(seed)``.
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ __all__ = [
     "normalizer",
     "make_dataset",
     "make_loader",
+    "EpochSampler",
+    "SeededDraws",
     "load_case",
     "regions_to_label",
 ]
@@ -275,11 +281,87 @@ def make_dataset(dataset: RawDataset | str | os.PathLike, split: str = "train", 
     return RawCaseDataset(items, transform)
 
 
+class EpochSampler(torch.utils.data.Sampler):
+    """One epoch's draws of cases, the same for any number of processes; this process's share.
+
+    The epoch draws ``num_samples`` case indices out of ``num_cases`` from ``seed``
+    alone: with replacement (nnU-Net style), or a permutation when ``num_samples`` is
+    None. Global batch ``k`` is draw positions ``k * batch_size`` to
+    ``(k + 1) * batch_size - 1``; process ``rank`` of ``world_size`` takes the
+    ``rank``-th of their ``world_size`` equal slices, so the processes' batches ``k``
+    together are the one-process batch ``k``. Yields ``(position, case index)`` for
+    :class:`SeededDraws`.
+
+    Examples::
+
+        >>> list(EpochSampler(5, 4, batch_size=2, seed=0, rank=1, world_size=2))  # positions 1 and 3
+        [(1, 4), (3, 0)]
+    """
+
+    def __init__(self, num_cases: int, num_samples: int | None, batch_size: int, seed: int,
+                 rank: int = 0, world_size: int = 1):
+        if batch_size % world_size:
+            raise ValueError(f"batch_size {batch_size} is the global batch and must divide by the "
+                             f"{world_size} processes")
+        total = num_cases if num_samples is None else int(num_samples)
+        if world_size > 1 and total % batch_size:
+            raise ValueError(f"{total} samples per epoch are not whole batches of {batch_size}; "
+                             f"{world_size} processes need equal shares")
+        self.num_cases, self.num_samples, self.batch_size = num_cases, num_samples, batch_size
+        self.seed, self.rank, self.world_size = int(seed), rank, world_size
+
+    def draws(self) -> list[int]:
+        """The case index of every position of the epoch (all processes)."""
+        generator = torch.Generator().manual_seed(self.seed)
+        if self.num_samples is None:
+            return torch.randperm(self.num_cases, generator=generator).tolist()
+        return torch.randint(self.num_cases, (int(self.num_samples),), generator=generator).tolist()
+
+    def positions(self) -> list[int]:
+        """The draw positions of this process, in order."""
+        share = self.batch_size // self.world_size
+        total = self.num_cases if self.num_samples is None else int(self.num_samples)
+        return [p for start in range(0, total, self.batch_size)
+                for p in range(start + self.rank * share, min(start + (self.rank + 1) * share, total))]
+
+    def __iter__(self):
+        draws = self.draws()
+        return iter([(p, draws[p]) for p in self.positions()])
+
+    def __len__(self) -> int:
+        return len(self.positions())
+
+
+def _draw_seed(seed: int, position: int) -> int:
+    """The transform seed of draw ``position`` of an epoch seeded with ``seed``."""
+    return int(np.random.SeedSequence([int(seed), int(position)]).generate_state(1)[0])
+
+
+class SeededDraws(torch.utils.data.Dataset):
+    """Read ``(position, case index)`` from :class:`EpochSampler`: the transforms seeded by the position.
+
+    Reseeding the chain from ``(seed, position)`` before every sample makes sample
+    ``position`` the same patch and augmentation in any worker of any process.
+    """
+
+    def __init__(self, data: Dataset, seed: int):
+        self.data, self.seed = data, int(seed)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, draw: tuple[int, int]):
+        position, index = draw
+        self.data.transform.set_random_state(seed=_draw_seed(self.seed, position))
+        return self.data[index]
+
+
 def make_loader(dataset: RawDataset | str | os.PathLike, split: str = "train", fold: int | str = 0,
                 patch_size: Sequence[int] | None = None, batch_size: int = 2, seed: int = 0,
                 num_workers: int = 0, augment: bool | None = None, samples_per_epoch: int | None = None,
                 sampling: str | None = None, normalization: str | None = None, cache: bool = False,
-                splits: list[dict] | None = None, root: str | os.PathLike | None = None):
+                splits: list[dict] | None = None, root: str | os.PathLike | None = None,
+                rank: int = 0, world_size: int = 1):
     """A deterministic ``torch`` DataLoader over one split of one fold.
 
     Args:
@@ -292,8 +374,10 @@ def make_loader(dataset: RawDataset | str | os.PathLike, split: str = "train", f
         patch_size: patch (2D ``(H, W)``, 3D ``(X, Y, Z)``); for ``train`` it
             defaults to the registry's (synthetic datasets: the small synthetic
             patch); for ``val``/``test`` None means whole images.
-        batch_size: patches per batch (training).
-        seed: seeds transforms and sampling; same seed -> same batches.
+        batch_size: patches per batch (training): the global batch, of which each
+            of ``world_size`` processes loads ``batch_size / world_size``.
+        seed: seeds transforms and sampling; same seed -> same batches (for
+            training whatever ``num_workers`` and ``world_size``).
         num_workers: DataLoader workers (0: load in the main process).
         augment: override augmentation (default: on for ``train`` only).
         samples_per_epoch: draw this many patches per epoch with replacement
@@ -303,6 +387,8 @@ def make_loader(dataset: RawDataset | str | os.PathLike, split: str = "train", f
         cache: cache the deterministic head of the pipeline (read + normalise) in memory.
         splits: splits to use instead of ``splits_final.json``.
         root: dataset root for name look-ups.
+        rank, world_size: this process and the number of processes (training;
+            see :class:`EpochSampler`).
 
     Returns:
         A MONAI ``DataLoader`` yielding dicts ``image``, ``label``, ``case_id``
@@ -314,11 +400,8 @@ def make_loader(dataset: RawDataset | str | os.PathLike, split: str = "train", f
     if split != "train":
         return DataLoader(data, batch_size=1 if patch_size is None else batch_size, shuffle=False,
                           num_workers=num_workers, generator=generator)  # whole images differ in size
-    sampler = None
-    if samples_per_epoch is not None:
-        sampler = torch.utils.data.RandomSampler(data, replacement=True, num_samples=int(samples_per_epoch),
-                                                 generator=generator)
-    return DataLoader(data, batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
+    sampler = EpochSampler(len(data), samples_per_epoch, batch_size, seed, rank, world_size)
+    return DataLoader(SeededDraws(data, seed), batch_size=batch_size // world_size, sampler=sampler,
                       num_workers=num_workers, generator=generator, drop_last=False,
                       persistent_workers=False)
 
