@@ -31,6 +31,33 @@ def _delta(dl_row, offs_l, mask_l, sd_l, bias, SOFTPLUS: tl.constexpr, acc: tl.c
 
 
 @triton.jit
+def _channel(A_ptr, bias_ptr, D_ptr, d, sA_d, sA_n, offs_n, mask_n,
+             HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, acc: tl.constexpr):
+    """Channel d's row of A, its delta bias and its skip weight D (0 when absent)."""
+    A = tl.load(A_ptr + d * sA_d + offs_n * sA_n, mask=mask_n, other=0.0).to(acc)
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d).to(acc)
+    Dd = 0.0
+    if HAS_D:
+        Dd = tl.load(D_ptr + d).to(acc)
+    return A, bias, Dd
+
+
+@triton.jit
+def _chunk(u_row, dl_row, B_tile, C_tile, offs_l, mask_l, mask2, su_l, sd_l, sB_l, sC_l, A, bias,
+           SOFTPLUS: tl.constexpr, acc: tl.constexpr):
+    """One chunk's inputs and the affine maps h -> a h + x of its steps."""
+    u = tl.load(u_row + offs_l * su_l, mask=mask_l, other=0.0).to(acc)
+    dt, raw = _delta(dl_row, offs_l, mask_l, sd_l, bias, SOFTPLUS, acc)
+    Bt = tl.load(B_tile + offs_l[None, :] * sB_l, mask=mask2, other=0.0).to(acc)
+    Ct = tl.load(C_tile + offs_l[None, :] * sC_l, mask=mask2, other=0.0).to(acc)
+    a = tl.exp(dt[None, :] * A[:, None])
+    x = (dt * u)[None, :] * Bt
+    return u, dt, raw, Bt, Ct, a, x
+
+
+@triton.jit
 def scan_fwd(
     u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, last_ptr, states_ptr,
     dim, L, n, per_group, n_chunks,
@@ -50,13 +77,7 @@ def scan_fwd(
     acc = tl.float64 if FP64 else tl.float32
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < n
-    A = tl.load(A_ptr + d * sA_d + offs_n * sA_n, mask=mask_n, other=0.0).to(acc)
-    bias = 0.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d).to(acc)
-    Dd = 0.0
-    if HAS_D:
-        Dd = tl.load(D_ptr + d).to(acc)
+    A, bias, Dd = _channel(A_ptr, bias_ptr, D_ptr, d, sA_d, sA_n, offs_n, mask_n, HAS_BIAS, HAS_D, acc)
     h = tl.zeros([BLOCK_N], dtype=acc)
     u_row = u_ptr + b * su_b + d * su_d
     dl_row = dl_ptr + b * sd_b + d * sd_d
@@ -71,12 +92,8 @@ def scan_fwd(
         offs_l = c * BLOCK_L + tl.arange(0, BLOCK_L)
         mask_l = offs_l < L
         mask2 = mask_n[:, None] & mask_l[None, :]
-        u = tl.load(u_row + offs_l * su_l, mask=mask_l, other=0.0).to(acc)
-        dt, _ = _delta(dl_row, offs_l, mask_l, sd_l, bias, SOFTPLUS, acc)
-        Bt = tl.load(B_tile + offs_l[None, :] * sB_l, mask=mask2, other=0.0).to(acc)
-        Ct = tl.load(C_tile + offs_l[None, :] * sC_l, mask=mask2, other=0.0).to(acc)
-        a = tl.exp(dt[None, :] * A[:, None])
-        x = (dt * u)[None, :] * Bt
+        u, dt, _, Bt, Ct, a, x = _chunk(u_row, dl_row, B_tile, C_tile, offs_l, mask_l, mask2,
+                                        su_l, sd_l, sB_l, sC_l, A, bias, SOFTPLUS, acc)
         a_run, x_run = tl.associative_scan((a, x), 1, _compose)
         hs = x_run + a_run * h[:, None]
         y = tl.sum(hs * Ct, axis=0)
@@ -119,13 +136,7 @@ def scan_bwd(
     acc = tl.float64 if FP64 else tl.float32
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < n
-    A = tl.load(A_ptr + d * sA_d + offs_n * sA_n, mask=mask_n, other=0.0).to(acc)
-    bias = 0.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d).to(acc)
-    Dd = 0.0
-    if HAS_D:
-        Dd = tl.load(D_ptr + d).to(acc)
+    A, bias, Dd = _channel(A_ptr, bias_ptr, D_ptr, d, sA_d, sA_n, offs_n, mask_n, HAS_BIAS, HAS_D, acc)
     row = b * dim + d
     lam = tl.zeros([BLOCK_N], dtype=acc)
     if HAS_GLAST:
@@ -144,12 +155,8 @@ def scan_bwd(
         offs_l = c * BLOCK_L + tl.arange(0, BLOCK_L)
         mask_l = offs_l < L
         mask2 = mask_n[:, None] & mask_l[None, :]
-        u = tl.load(u_row + offs_l * su_l, mask=mask_l, other=0.0).to(acc)
-        dt, raw = _delta(dl_row, offs_l, mask_l, sd_l, bias, SOFTPLUS, acc)
-        Bt = tl.load(B_tile + offs_l[None, :] * sB_l, mask=mask2, other=0.0).to(acc)
-        Ct = tl.load(C_tile + offs_l[None, :] * sC_l, mask=mask2, other=0.0).to(acc)
-        a = tl.exp(dt[None, :] * A[:, None])
-        x = (dt * u)[None, :] * Bt
+        u, dt, raw, Bt, Ct, a, x = _chunk(u_row, dl_row, B_tile, C_tile, offs_l, mask_l, mask2,
+                                          su_l, sd_l, sB_l, sC_l, A, bias, SOFTPLUS, acc)
         h0 = tl.load(states_ptr + (row * n_chunks + c) * n + offs_n, mask=mask_n, other=0.0).to(acc)
         a_run, x_run = tl.associative_scan((a, x), 1, _compose)
         hs = x_run + a_run * h0[:, None]
