@@ -307,7 +307,7 @@ class EpochSampler(torch.utils.data.Sampler):
         if world_size > 1 and total % batch_size:
             raise ValueError(f"{total} samples per epoch are not whole batches of {batch_size}; "
                              f"{world_size} processes need equal shares")
-        self.num_cases, self.num_samples, self.batch_size = num_cases, num_samples, batch_size
+        self.num_cases, self.num_samples, self.total, self.batch_size = num_cases, num_samples, total, batch_size
         self.seed, self.rank, self.world_size = int(seed), rank, world_size
 
     def draws(self) -> list[int]:
@@ -320,9 +320,8 @@ class EpochSampler(torch.utils.data.Sampler):
     def positions(self) -> list[int]:
         """The draw positions of this process, in order."""
         share = self.batch_size // self.world_size
-        total = self.num_cases if self.num_samples is None else int(self.num_samples)
-        return [p for start in range(0, total, self.batch_size)
-                for p in range(start + self.rank * share, min(start + (self.rank + 1) * share, total))]
+        return [p for start in range(0, self.total, self.batch_size)
+                for p in range(start + self.rank * share, min(start + (self.rank + 1) * share, self.total))]
 
     def __iter__(self):
         draws = self.draws()
