@@ -52,7 +52,7 @@ def model_args(recipe: Mapping, data: Mapping) -> dict:
     }
 
 
-def data_spec(ds, normalization: str, spacing: Sequence[float] | None) -> dict:
+def data_spec(ds, normalization: str | list, spacing: Sequence[float] | None) -> dict:
     """The dataset facts that reading an image and writing its prediction need (``ds``: a RawDataset)."""
     regions = [[name, list(values)] for name, values in ds.regions] if ds.has_regions else []
     order = ds.json.get("regions_class_order") or list(range(1, len(regions) + 1))

@@ -7,7 +7,8 @@ papers' releases) are packaged too (:data:`RECIPES`,
 experiment config (``config/config.yaml``, ``config/paper.yaml``) says which
 datasets, models and seeds run and the training length. A recipe is resolved in
 this order, later entries winning: ``recipe_defaults`` -> the experiment's
-``training`` -> its ``dataset_training[dataset]`` -> ``recipes[model]`` -> ``recipes[model].datasets[dataset]`` ->
+``training`` -> its ``dataset_training[dataset]`` -> ``recipes[model]`` -> ``recipes[model].by_dims["2d"|"3d"]`` ->
+``recipes[model].datasets[dataset]`` ->
 the experiment's ``overrides[model][dataset]``. A recipe with ``base: <model>``
 starts from that model's recipe and overrides (the ablation variants of
 LoG-VMamba are one line each). A model name that has no recipe runs the
@@ -18,6 +19,9 @@ one file in ``baselines/`` and one line in ``models:``.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
+import json
 import os
 from importlib.resources import files
 from pathlib import Path
@@ -28,7 +32,7 @@ import yaml
 __all__ = [
     "load_config", "resolve_recipe", "validate_config", "model_arch", "model_spec", "model_label", "supports",
     "check_models", "config_models", "ablation_models", "run_grid", "ConfigError", "ROOT", "SCHEMA", "RECIPES",
-    "dataset_recipe", "weight_recipe", "INFERENCE_KEYS",
+    "dataset_recipe", "weight_recipe", "INFERENCE_KEYS", "register_datasets", "planned_patch", "fitting_patch", "PACKAGED",
 ]
 
 #: Recipe keys that change how a trained model is used or how fast it trains, not its
@@ -105,6 +109,11 @@ def _entry(config: Mapping, model: str) -> dict:
     return entry
 
 
+def _arch_entry(config: Mapping, model: str):
+    """The recipe's ``arch`` (a name or ``{2d, 3d}``); without one, the root of its ``base`` chain's name."""
+    return _entry(config, model).get("arch", _lineage(config, model)[0])
+
+
 def model_label(config: Mapping, model: str) -> str:
     """Display name of a config model (its recipe's ``label``, else the key)."""
     return config["recipes"].get(model, {}).get("label", model)
@@ -112,7 +121,7 @@ def model_label(config: Mapping, model: str) -> str:
 
 def model_arch(config: Mapping, model: str, spatial_dims: int) -> str | None:
     """Registered architecture of a config model for 2D or 3D data (None: not supported)."""
-    arch: Any = _entry(config, model).get("arch", model)
+    arch: Any = _arch_entry(config, model)
     if isinstance(arch, Mapping):
         arch = arch.get(f"{spatial_dims}d")
     if arch is None:
@@ -142,11 +151,11 @@ def model_spec(config: Mapping, model: str, dataset: str, variant: str | None = 
 
     ``variant`` (``paper`` or ``test``) replaces the config's ``model_variant``.
     """
-    from logvmamba.data import DATASETS
+    from logvmamba.data import get_info
 
     if variant is not None:
         config = dict(config, model_variant=variant)
-    dims = DATASETS[dataset].spatial_dims
+    dims = get_info(dataset).spatial_dims
     arch = model_arch(config, model, dims)
     if arch is None or not supports(config, model, dims):
         raise ConfigError(f"model {model!r} has no {dims}D architecture in config recipes")
@@ -168,7 +177,7 @@ def config_models(config: Mapping) -> list[str]:
 def run_grid(config: Mapping, dataset: str | None = None, ablations: bool = True) -> list[tuple[str, str, int]]:
     """(dataset, model, seed) of every configured run: the models on the datasets, the
     ablation variants on the ablation datasets; only models that fit the dataset's dims."""
-    from logvmamba.data import DATASETS
+    from logvmamba.data import get_info
 
     pairs = [(d, m) for d in config["datasets"] for m in config["models"]]
     if ablations:
@@ -177,7 +186,7 @@ def run_grid(config: Mapping, dataset: str | None = None, ablations: bool = True
     return [
         (key, model, seed)
         for key, model in dict.fromkeys(pairs)
-        if dataset in (None, key) and supports(config, model, DATASETS[key].spatial_dims)
+        if dataset in (None, key) and supports(config, model, get_info(key).spatial_dims)
         for seed in config["seeds"]
     ]
 
@@ -193,7 +202,7 @@ def check_models(config: Mapping) -> None:
     if reference not in config["models"]:
         raise ConfigError(f"report: reference {reference!r} is not one of models: {', '.join(config['models'])}")
     for model in config_models(config):
-        arch = _entry(config, model).get("arch", model)
+        arch = _arch_entry(config, model)
         archs = arch.values() if isinstance(arch, Mapping) else [arch]
         missing = [a for a in archs if a not in known]
         if missing:
@@ -209,7 +218,7 @@ def check_models(config: Mapping) -> None:
 def supports(config: Mapping, model: str, spatial_dims: int) -> bool:
     """Whether a config model runs on data of ``spatial_dims``."""
     entry = _entry(config, model)
-    arch = entry.get("arch", model)
+    arch = _arch_entry(config, model)
     if isinstance(arch, Mapping):
         return f"{spatial_dims}d" in arch
     return spatial_dims in entry.get("spatial_dims", [2, 3])
@@ -220,7 +229,9 @@ def _merged_recipe(config: Mapping, model: str, key: str) -> dict:
     entry = _entry(config, model)
     recipe = _merge(config["recipe_defaults"], config["training"])
     recipe = _merge(recipe, config.get("dataset_training", {}).get(key, {}))
-    recipe = _merge(recipe, {k: v for k, v in entry.items() if k not in ("arch", "datasets", "spatial_dims", "label")})
+    recipe = _merge(recipe, {k: v for k, v in entry.items()
+                             if k not in ("arch", "datasets", "spatial_dims", "label", "by_dims")})
+    recipe = _merge(recipe, entry.get("by_dims", {}).get(f"{_dims(key)}d", {}))
     recipe = _merge(recipe, entry.get("datasets", {}).get(key, {}))
     for name in _lineage(config, model):
         recipe = _merge(recipe, config.get("overrides", {}).get(name, {}).get(key, {}))
@@ -231,6 +242,8 @@ def resolve_recipe(config: Mapping, model: str, ds) -> dict:
     """The complete training recipe of ``model`` on dataset ``ds`` (a RawDataset)."""
     key = ds.info.key if ds.info is not None else ds.name
     patch = config.get("patch_size", {}).get(key)
+    if patch is None and ds.info is not None and ds.info.user:
+        patch = planned_patch(ds)
     if patch is None:
         from logvmamba.data.loading import default_patch_size
 
@@ -238,19 +251,110 @@ def resolve_recipe(config: Mapping, model: str, ds) -> dict:
     return _resolve(config, model, key, ds.spatial_dims, patch)
 
 
+def planned_patch(ds) -> list[int]:
+    """nnU-Net v2's planned patch of a dataset (``3d_fullres`` for 3D, ``2d`` for 2D), in our array axes."""
+    from logvmamba.data.fingerprint import dataset_fingerprint
+    from logvmamba.planning import in_array_axes, plan
+
+    configurations = plan(dataset_fingerprint(ds))["configurations"]
+    name = "3d_fullres" if ds.spatial_dims == 3 else "2d"
+    if name not in configurations:
+        raise ConfigError(f"{ds.path}: nnU-Net's planner gives no {name} configuration (the median image has one "
+                          f"slice); set patch_size: {{{ds.key}: [...]}} in the config")
+    return [int(p) for p in in_array_axes(configurations[name])["patch_size"]]
+
+
 def dataset_recipe(config: Mapping, model: str, key: str) -> dict:
     """The recipe of ``model`` on a registered dataset key, before its data exists.
 
     Equal to :func:`resolve_recipe` on the dataset the config prepares (synthetic or
-    real), so the workflow can compare recipes when it builds the DAG.
+    real), so the workflow can compare recipes when it builds the DAG. A user dataset's
+    patch is the one :func:`register_datasets` planned (``"planned"`` before that).
     """
-    from logvmamba.data import DATASETS
+    from logvmamba.data import get_info
 
-    info = DATASETS[key]
+    info = get_info(key)
     patch = config.get("patch_size", {}).get(key)
+    if patch is None and info.user and info.patch_size is None:  # not registered by register_datasets
+        recipe = _resolve(config, model, key, info.spatial_dims, [1] * info.spatial_dims)
+        recipe["patch_size"] = "planned"
+        return recipe
     if patch is None:
         patch = info.synthetic_patch_size if config.get("synthetic") else info.patch_size
     return _resolve(config, model, key, info.spatial_dims, patch)
+
+
+#: Real images shipped in packages: the folder name -> the converter that builds it
+#: (``python -m logvmamba.data.convert <source> fetch <data_root>``).
+PACKAGED = {
+    "Dataset951_StardistNuclei": "stardist",
+    "Dataset952_Colin27AAL": "mricron",
+    "Dataset953_ICBM152Tissue": "icbm152",
+}
+
+
+def register_datasets(config: dict) -> dict[str, str]:
+    """Turn the config's dataset entries into keys and make its user datasets known.
+
+    An entry is one of the four, a folder name or id under ``data_root``
+    (``Dataset951_StardistNuclei``, ``Dataset951``) or a path to a dataset folder. A user
+    dataset's entries become its key ``DatasetXXX`` (in ``datasets`` and
+    ``ablations.datasets``), its folder goes to ``config["dataset_folders"]``, and its
+    :class:`~logvmamba.data.DatasetInfo` is registered in this process. A packaged real
+    dataset (:data:`PACKAGED`) missing under ``data_root`` is built first. Calling it again
+    (a script of the workflow) registers the folders the first call found.
+
+    Raises:
+        ConfigError: a dataset that cannot be found or read, or two entries for one key.
+    """
+    from logvmamba.data import DATASETS, DatasetError, RawDataset, find_info, resolve_dataset_dir
+    from logvmamba.data.registry import register_dataset
+
+    folders = dict(config.get("dataset_folders") or {})
+    root = config.get("data_root") or None
+
+    def key_of(entry: str) -> str:
+        entry = str(entry)
+        if entry in folders:
+            folder = folders[entry]
+        else:
+            info = find_info(entry)
+            if info is not None and not info.user:
+                return info.key
+            try:
+                folder = resolve_dataset_dir(entry, root)
+            except DatasetError:
+                name = Path(entry).name
+                if name not in PACKAGED or root is None:
+                    raise
+                from logvmamba.data.convert import convert
+
+                folder = convert(PACKAGED[name], "fetch", root)
+        ds = RawDataset(folder)
+        if ds.info is None:
+            raise ConfigError(f"datasets: {entry!r} ({folder}) is not named DatasetXXX_Name, as nnU-Net v2 folders are")
+        if not ds.info.user:
+            return ds.info.key
+        patch = tuple(config.get("patch_size", {}).get(ds.info.key) or planned_patch(ds))
+        register_dataset(dataclasses.replace(ds.info, patch_size=patch, synthetic_patch_size=patch))
+        folders[ds.info.key] = str(Path(folder).resolve())
+        return ds.info.key
+
+    try:
+        keys = [key_of(e) for e in config["datasets"]]
+        ablations = config.get("ablations") or {}
+        ablation_keys = [key_of(e) for e in ablations.get("datasets", [])]
+    except DatasetError as err:
+        raise ConfigError(f"datasets: {err}") from None
+    for name, values in (("datasets", keys), ("ablations: datasets", ablation_keys)):
+        repeated = sorted({k for k in values if values.count(k) > 1})
+        if repeated:
+            raise ConfigError(f"{name}: {', '.join(repeated)} listed twice (one dataset under two names)")
+    config["datasets"] = keys
+    if ablations.get("datasets"):
+        config["ablations"] = dict(ablations, datasets=ablation_keys)
+    config["dataset_folders"] = {k: v for k, v in folders.items() if k not in DATASETS}
+    return config["dataset_folders"]
 
 
 def weight_recipe(recipe: Mapping) -> dict:
@@ -264,9 +368,67 @@ def _resolve(config: Mapping, model: str, key: str, spatial_dims: int, patch) ->
     if arch is None:
         raise ConfigError(f"model {model!r} has no {spatial_dims}D architecture in config recipes")
     m = recipe["patch_multiple"]
-    recipe.update(arch=arch, patch_size=[-(-int(p) // m) * m for p in patch], model=model, dataset=key)
     kwargs = dict(recipe.get("model_kwargs") or {})
     if recipe["deep_supervision"]:
         kwargs["deep_supervision"] = True
+    patch = [-(-int(p) // m) * m for p in patch]
+    info = _user_info(key)
+    if info is not None and all(isinstance(p, int) and p > 1 for p in patch):
+        patch = fitting_patch(arch, spatial_dims, info.in_channels, info.num_outputs, patch, kwargs)
+    recipe.update(arch=arch, patch_size=patch, model=model, dataset=key)
     recipe["model_kwargs"] = kwargs
     return recipe
+
+
+def _dims(key: str) -> int:
+    from logvmamba.data import get_info
+
+    return get_info(key).spatial_dims
+
+
+def _user_info(key: str):
+    from logvmamba.data.registry import registered
+
+    info = registered().get(key)
+    return info if info is not None and info.user else None
+
+
+def fitting_patch(arch: str, spatial_dims: int, in_channels: int, out_channels: int, patch, kwargs=None) -> list[int]:
+    """The smallest patch at least ``patch`` that ``arch`` builds for: each side rounded up to a
+    multiple of 1, 2, 4, ... 64, the first the network accepts (built on the meta device).
+
+    A user dataset's planned patch meets no model's divisibility by design; this is how every
+    registered model trains at it without declaring its stride.
+    """
+    return list(_fitting_patch(arch, spatial_dims, in_channels, out_channels, tuple(int(p) for p in patch),
+                               json.dumps(kwargs or {}, sort_keys=True)))
+
+
+@functools.lru_cache(maxsize=None)
+def _fitting_patch(arch, spatial_dims, in_channels, out_channels, patch, kwargs_json):
+    import torch
+
+    from logvmamba import create_model
+
+    def builds(size, device) -> bool:
+        try:
+            with torch.device(device):
+                create_model(arch, spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
+                             img_size=size, **json.loads(kwargs_json))
+        except (ValueError, AssertionError) as err:  # how the networks refuse an img_size
+            errors.append(str(err))
+            return False
+        return True
+
+    errors: list[str] = []
+    meta = True
+    for multiple in (1, 2, 4, 8, 16, 32, 64):
+        size = tuple(-(-p // multiple) * multiple for p in patch)
+        try:
+            fits = builds(size, "meta" if meta else "cpu")
+        except (RuntimeError, NotImplementedError):  # a network whose constructor computes on its weights
+            meta = False
+            fits = builds(size, "cpu")
+        if fits:
+            return size
+    raise ConfigError(f"{arch}: builds for no rounding of the patch {list(patch)} (last: {errors[-1]})")

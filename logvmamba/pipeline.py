@@ -18,12 +18,16 @@ __all__ = ["prepare_dataset", "dataset_from_marker", "write_splits", "evaluation
 
 
 def prepare_dataset(key: str, data_root: str | os.PathLike, synthetic: bool, marker: str | os.PathLike,
-                    cases: int | None = None, seed: int = 0) -> Path:
+                    cases: int | None = None, seed: int = 0, folder: str | os.PathLike | None = None) -> Path:
     """Generate the synthetic stand-in (or find and validate the real dataset); write ``marker``.
 
+    ``folder``: a user dataset's folder (it is read as it is, whatever ``synthetic`` says).
     The marker (JSON) names the dataset folder the later steps read.
     """
-    if synthetic:
+    user = folder is not None
+    if user:
+        folder = Path(folder)
+    elif synthetic:
         from logvmamba.data.synthetic import generate
 
         folder = Path(data_root) / DATASETS[key].synthetic_name
@@ -33,10 +37,11 @@ def prepare_dataset(key: str, data_root: str | os.PathLike, synthetic: bool, mar
         folder = resolve_dataset_dir(key, data_root or None)
     ds = RawDataset(folder)
     ds.validate()
-    if ds.is_synthetic != synthetic:
+    if not user and ds.is_synthetic != synthetic:
         kind = "synthetic" if ds.is_synthetic else "real"
         raise DatasetError(folder / "dataset.json", f"is {kind} data but the config says synthetic: {synthetic}")
-    content = dict(dataset=key, folder=str(Path(folder).resolve()), synthetic=ds.is_synthetic, cases=len(ds.case_ids()))
+    content = dict(dataset=key, folder=str(Path(folder).resolve()), synthetic=ds.is_synthetic, cases=len(ds.case_ids()),
+                   user=user)
     atomic_write_text(marker, json.dumps(content, indent=2) + "\n")
     return Path(folder)
 

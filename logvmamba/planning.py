@@ -70,6 +70,7 @@ import numpy as np
 
 from baselines.nnunet import UNetPlan, get_pool_and_conv_props
 from logvmamba.data.errors import DatasetError
+from logvmamba.data.fingerprint import normalization_schemes
 
 __all__ = [
     "ANISOTROPY_THRESHOLD",
@@ -106,15 +107,6 @@ CONVS_PER_STAGE = 2
 MIN_FEATURE_MAP_SIZE = 4
 INITIAL_PATCH_EDGE = {2: 2048, 3: 256}
 CONFIGURATIONS = ("2d", "3d_fullres")
-
-_NORMALIZATION = {
-    "ct": "CTNormalization",
-    "nonorm": "NoNormalization",
-    "zscore": "ZScoreNormalization",
-    "rescale_to_0_1": "RescaleTo01Normalization",
-    "rgb_to_0_1": "RGBTo01Normalization",
-}
-
 
 # ----------------------------------------------------------------------------
 # spacing, axes, shapes
@@ -162,14 +154,6 @@ def transpose_axes(spacing: Sequence[float]) -> tuple[list[int], list[int]]:
 def resampled_shape(shape: Sequence[int], spacing: Sequence[float], new_spacing: Sequence[float]) -> list[int]:
     """nnU-Net's ``compute_new_shape``: ``round(old spacing / new spacing * size)`` per axis."""
     return [int(round(s / n * k)) for s, n, k in zip(spacing, new_spacing, shape)]
-
-
-def normalization_schemes(channel_names: Sequence[str], median_relative_size_after_cropping: float
-                          ) -> tuple[list[str], list[bool]]:
-    """nnU-Net's normalisation per channel name and whether it z-scores inside the non-zero mask."""
-    schemes = [_NORMALIZATION.get(str(name).casefold(), "ZScoreNormalization") for name in channel_names]
-    use_mask = [s == "ZScoreNormalization" and median_relative_size_after_cropping < 3 / 4 for s in schemes]
-    return schemes, use_mask
 
 
 # ----------------------------------------------------------------------------

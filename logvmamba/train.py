@@ -44,6 +44,7 @@ from logvmamba.checkpoint import (
 )
 from logvmamba.config import weight_recipe
 from logvmamba.data import RawDataset, split_case_ids
+from logvmamba.data.loading import resolved_normalization
 from logvmamba.infer import predict_case
 from logvmamba.io import atomic_write_text
 
@@ -320,8 +321,7 @@ def train(
     ds = RawDataset(dataset_dir)
     val_cases = split_case_ids(ds, "val", fold)[: recipe["val_cases"] or None]
     train_cases = split_case_ids(ds, "train", fold)
-    info = ds.info
-    data = data_spec(ds, info.normalization if info is not None else "zscore",
+    data = data_spec(ds, resolved_normalization(ds),
                      median_spacing([_case_spacing(ds, c) for c in train_cases]))
     args = model_args(recipe, data)
 

@@ -74,7 +74,7 @@ def mricron_dataset(tmp_path_factory) -> Path:
 @needs_templates
 def test_reader_reads_real_nifti(mricron_dataset):
     ds = RawDataset(mricron_dataset)
-    assert ds.key is None and ds.spatial_dims == 3 and ds.num_channels == 2
+    assert ds.key == "Dataset950" and ds.info.user and ds.spatial_dims == 3 and ds.num_channels == 2
     assert ds.case_ids() == ["colin27"]
     case = ds.read_case("colin27")
     reference = nib.load(str(TEMPLATES / "ch2bet.nii.gz"))

@@ -3,6 +3,7 @@
 One function per dataset, and a command::
 
     python -m logvmamba.data.convert <endoscopy|cell|brats|acdc> <source_dir> <dest_dir> [--overwrite]
+    python -m logvmamba.data.convert <stardist|mricron|icbm152> <fetched_dir|fetch> <dest_dir> [--overwrite]
 
 ``dest_dir`` is the dataset root (what ``nnUNet_raw`` points at); the
 converter writes ``<dest_dir>/<DatasetXXX_Name>/`` with ``dataset.json``,
@@ -34,6 +35,18 @@ checked against the real download is marked there):
   patientNNN_frameMM.nii.gz, patientNNN_frameMM_gt.nii.gz, ...}`` (and
   optionally ``testing/``); the ED and ES frames named in ``Info.cfg`` become
   cases ``patientNNN_frameMM``; labels 1 RV, 2 MYO, 3 LV kept as they are.
+
+Real images shipped in packages (:mod:`logvmamba.data.convert_real`, fetched by
+:mod:`logvmamba.data.sources`; ``fetch`` as the source means "fetch into the
+default cache"; no ``splits_final.json`` is written, the suite's split step
+makes it):
+
+* ``stardist``: stardist's nuclei image and instance mask, 16 tiles,
+  ``Dataset951_StardistNuclei``.
+* ``mricron``: mricron-data's Colin27 T1 and AAL merged into 4 classes, 2 mm
+  octants, ``Dataset952_Colin27AAL``.
+* ``icbm152``: nilearn's ICBM152 2009a T1 with grey / white matter labels, 2 mm
+  octants, ``Dataset953_ICBM152Tissue``.
 """
 
 from __future__ import annotations
@@ -50,6 +63,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from logvmamba.data.convert_real import REAL_CONVERTERS
 from logvmamba.data.errors import DatasetError
 from logvmamba.data.formats import (
     read_instance_file,
@@ -60,7 +74,7 @@ from logvmamba.data.formats import (
     write_dataset_json,
 )
 from logvmamba.data.labels import instance_to_semantic
-from logvmamba.data.registry import DATASETS, get_info
+from logvmamba.data.registry import get_info
 
 __all__ = ["convert", "convert_endoscopy", "convert_cell", "convert_brats", "convert_acdc", "CONVERTERS", "main"]
 
@@ -401,12 +415,14 @@ CONVERTERS: dict[str, Callable[..., Path]] = {
     "cell": convert_cell,
     "brats": convert_brats,
     "acdc": convert_acdc,
+    **REAL_CONVERTERS,
 }
 
 
 def convert(key: str, source_dir: str | Path, dest_dir: str | Path, overwrite: bool = False, **kwargs) -> Path:
     """Run the converter of dataset ``key``; returns the new dataset folder."""
-    get_info(key)
+    if key not in REAL_CONVERTERS:
+        get_info(key)
     return CONVERTERS[key](source_dir, dest_dir, overwrite=overwrite, **kwargs)
 
 
@@ -414,8 +430,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m logvmamba.data.convert",
         description="Convert an official dataset release into an nnU-Net v2 raw dataset.")
-    parser.add_argument("dataset", choices=list(DATASETS))
-    parser.add_argument("source_dir", help="the downloaded (and unpacked) release")
+    parser.add_argument("dataset", choices=list(CONVERTERS))
+    parser.add_argument("source_dir", help="the downloaded (and unpacked) release; for stardist, mricron and "
+                                           "icbm152 the fetched folder or `fetch`")
     parser.add_argument("dest_dir", help="dataset root that receives DatasetXXX_Name/ (e.g. $nnUNet_raw)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     parser.add_argument("--release", choices=["2020", "2021"], default=None,

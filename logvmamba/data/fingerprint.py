@@ -78,6 +78,8 @@ __all__ = [
     "nonzero_box",
     "to_nnunet_axes",
     "intensity_statistics",
+    "normalization_schemes",
+    "channel_normalization",
 ]
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -90,6 +92,17 @@ SAMPLING_SEED = 1234
 SLICE_AXIS_SPACING = 999.0
 #: the statistics per channel, in nnU-Net's order
 INTENSITY_KEYS = ("mean", "median", "std", "min", "max", "percentile_99_5", "percentile_00_5")
+
+#: channel name (case-folded) -> nnU-Net v2's normalisation class; any other name z-scores
+NORMALIZATION_BY_CHANNEL_NAME = {
+    "ct": "CTNormalization",
+    "nonorm": "NoNormalization",
+    "zscore": "ZScoreNormalization",
+    "rescale_to_0_1": "RescaleTo01Normalization",
+    "rgb_to_0_1": "RGBTo01Normalization",
+}
+_SCHEME_KEYS = {"CTNormalization": "ct", "NoNormalization": "none", "ZScoreNormalization": "zscore",
+                "RescaleTo01Normalization": "rescale_to_0_1", "RGBTo01Normalization": "rgb_to_0_1"}
 
 _PERCENTILES = {"percentile_00_5": 0.5, "median": 50.0, "percentile_99_5": 99.5}
 _DRAW_CHUNK = 1 << 22  # draws per RandomState call; the stream is the same as one call's
@@ -321,3 +334,45 @@ def dataset_fingerprint(dataset: RawDataset | str | os.PathLike, root: str | os.
     except OSError as err:
         warnings.warn(f"{path}: fingerprint not cached ({err.strerror or err})", stacklevel=2)
     return fingerprint
+
+
+# ----------------------------------------------------------------------------
+# normalisation by channel name
+# ----------------------------------------------------------------------------
+
+def normalization_schemes(channel_names: Sequence[str], median_relative_size_after_cropping: float
+                          ) -> tuple[list[str], list[bool]]:
+    """nnU-Net's normalisation per channel name and whether it z-scores inside the non-zero mask."""
+    schemes = [NORMALIZATION_BY_CHANNEL_NAME.get(str(name).casefold(), "ZScoreNormalization")
+               for name in channel_names]
+    use_mask = [s == "ZScoreNormalization" and median_relative_size_after_cropping < 3 / 4 for s in schemes]
+    return schemes, use_mask
+
+
+def channel_normalization(dataset: RawDataset | str | os.PathLike) -> list[dict]:
+    """The per-channel normalisation nnU-Net v2 plans for a dataset, as JSON-able dicts.
+
+    ``{"scheme": "ct", "lower", "upper", "mean", "std"}`` (clip to the foreground's 0.5 / 99.5
+    percentiles, z-score with the foreground mean and std), ``{"scheme": "zscore", "nonzero"}``
+    (per image; inside the non-zero mask when cropping removed more than a quarter),
+    ``{"scheme": "none"}``, ``{"scheme": "rescale_to_0_1"}`` or ``{"scheme": "rgb_to_0_1"}``.
+    The CT statistics come from the (cached) fingerprint.
+    """
+    ds = open_dataset(dataset)
+    fingerprint = dataset_fingerprint(ds)
+    schemes, use_mask = normalization_schemes(ds.channel_names, fingerprint["median_relative_size_after_cropping"])
+    stats = fingerprint["foreground_intensity_properties_per_channel"]
+    out = []
+    for c, (scheme, mask) in enumerate(zip(schemes, use_mask)):
+        entry: dict = {"scheme": _SCHEME_KEYS[scheme]}
+        if scheme == "CTNormalization":
+            channel = stats.get(str(c)) or {}
+            if channel.get("mean") is None:
+                raise DatasetError(ds.path / "labelsTr", f"channel {c} is CT but no case has foreground to take "
+                                                         f"its intensity statistics from")
+            entry.update(lower=float(channel["percentile_00_5"]), upper=float(channel["percentile_99_5"]),
+                         mean=float(channel["mean"]), std=float(channel["std"]))
+        elif scheme == "ZScoreNormalization":
+            entry["nonzero"] = bool(mask)
+        out.append(entry)
+    return out

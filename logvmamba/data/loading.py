@@ -25,6 +25,10 @@ Preprocessing (per dataset, from :data:`~logvmamba.data.registry.DATASETS`):
 * normalisation: z-score per channel over the whole image (``zscore``:
   endoscopy, cell, acdc) or over non-zero voxels with background kept at 0
   (``zscore_nonzero``: BraTS, as the LoG-VMamba release);
+* user datasets (:mod:`logvmamba.data.user`): ``nnunet``, per channel name as nnU-Net v2
+  (CT: clip to the foreground's 0.5-99.5 percentiles and z-score with its mean and std;
+  otherwise z-score, inside the non-zero mask when cropping removed over a quarter),
+  resolved to per-channel dicts by :func:`resolved_normalization`;
 * no resampling: ACDC is trained on an anisotropic patch (160 x 160 x 16 at
   native spacing), BraTS at its native 1 mm;
 * patches: BraTS crops to the non-zero box, then takes uniform random
@@ -72,6 +76,8 @@ __all__ = [
     "default_patch_size",
     "make_transforms",
     "normalizer",
+    "resolved_normalization",
+    "ChannelNormalized",
     "make_dataset",
     "make_loader",
     "EpochSampler",
@@ -83,8 +89,9 @@ __all__ = [
 
 def default_patch_size(ds: RawDataset) -> tuple[int, ...]:
     """The registry's patch size (the synthetic one for synthetic datasets)."""
-    if ds.info is None:
-        raise ValueError(f"{ds.path}: not one of the suite's datasets; pass patch_size explicitly")
+    if ds.info is None or ds.info.patch_size is None:
+        raise ValueError(f"{ds.path}: no registered patch size (a user dataset's is planned, "
+                         f"logvmamba.config.resolve_recipe); pass patch_size explicitly")
     return ds.info.synthetic_patch_size if ds.is_synthetic else ds.info.patch_size
 
 
@@ -186,10 +193,56 @@ def _check_trainable(ds: RawDataset) -> None:
         raise DatasetError(path, f"{ds.num_classes} output classes/regions, {info.key} has {info.num_outputs}")
 
 
-def normalizer(normalization: str):
+class ChannelNormalized:
+    """Per-channel normalisation of ``data["image"]`` by nnU-Net v2's schemes
+    (see :func:`logvmamba.data.fingerprint.channel_normalization`)."""
+
+    def __init__(self, specs: Sequence[dict]):
+        self.specs = [dict(s) for s in specs]
+
+    def __call__(self, data: dict) -> dict:
+        image = torch.as_tensor(data["image"], dtype=torch.float32).clone()
+        if image.shape[0] != len(self.specs):
+            raise ValueError(f"{image.shape[0]} image channels, the normalisation has {len(self.specs)}")
+        for c, spec in enumerate(self.specs):
+            x = image[c]
+            scheme = spec["scheme"]
+            if scheme == "ct":
+                x = (x.clamp(spec["lower"], spec["upper"]) - spec["mean"]) / max(spec["std"], 1e-8)
+            elif scheme == "zscore":
+                mask = x != 0 if spec.get("nonzero") else torch.ones_like(x, dtype=torch.bool)
+                values = x[mask]
+                if values.numel():
+                    mean, std = values.mean(), values.std(unbiased=False)
+                    x = torch.where(mask, (x - mean) / max(float(std), 1e-8), torch.zeros_like(x))
+            elif scheme == "rescale_to_0_1":
+                x = (x - x.min()) / max(float(x.max() - x.min()), 1e-8)
+            elif scheme == "rgb_to_0_1":
+                x = (x / 255.0).clamp(0, 1)
+            elif scheme != "none":
+                raise ValueError(f"unknown normalisation scheme {scheme!r}")
+            image[c] = x
+        return {**data, "image": image}
+
+
+def resolved_normalization(ds: RawDataset, normalization=None):
+    """The normalisation training applies and a checkpoint stores: ``"zscore"``,
+    ``"zscore_nonzero"`` or per-channel dicts (``"nnunet"`` resolved from the fingerprint)."""
+    info = ds.info
+    normalization = normalization or (info.normalization if info else "zscore")
+    if normalization == "nnunet":
+        from logvmamba.data.fingerprint import channel_normalization
+
+        return channel_normalization(ds)
+    return normalization
+
+
+def normalizer(normalization):
     """The intensity normalisation of training and inference for the ``"image"`` key."""
+    if isinstance(normalization, (list, tuple)):
+        return ChannelNormalized(normalization)
     if normalization not in ("zscore", "zscore_nonzero"):
-        raise ValueError(f"normalization must be 'zscore' or 'zscore_nonzero', got {normalization!r}")
+        raise ValueError(f"normalization must be 'zscore', 'zscore_nonzero' or per-channel dicts, got {normalization!r}")
     return mt.NormalizeIntensityd(keys="image", nonzero=normalization == "zscore_nonzero", channel_wise=True)
 
 
@@ -205,13 +258,12 @@ def make_transforms(ds: RawDataset, train: bool, patch_size: Sequence[int] | Non
         augment: apply the recipe's augmentations (training only).
         sampling: ``"foreground"`` or ``"random"``; default from the registry
             (``"foreground"`` for datasets outside it).
-        normalization: ``"zscore"`` or ``"zscore_nonzero"``; default from the registry.
+        normalization: ``"zscore"``, ``"zscore_nonzero"``, ``"nnunet"`` or per-channel dicts
+            (:class:`ChannelNormalized`); default from the registry.
     """
     info = ds.info
-    normalization = normalization or (info.normalization if info else "zscore")
+    normalization = resolved_normalization(ds, normalization)
     sampling = sampling or (info.sampling if info else "foreground")
-    if normalization not in ("zscore", "zscore_nonzero"):
-        raise ValueError(f"normalization must be 'zscore' or 'zscore_nonzero', got {normalization!r}")
     if sampling not in ("foreground", "random"):
         raise ValueError(f"sampling must be 'foreground' or 'random', got {sampling!r}")
     nonzero = normalization == "zscore_nonzero"

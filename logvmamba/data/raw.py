@@ -34,7 +34,7 @@ from logvmamba.data.errors import DatasetError
 from logvmamba.data.formats import (
     INSTANCE_SUFFIX, SUPPORTED_FILE_ENDINGS, channel_files, read_image_file, read_instance_file,
 )
-from logvmamba.data.registry import DATASETS, DatasetInfo, find_info
+from logvmamba.data.registry import DATASETS, DatasetInfo, find_info, register_dataset
 
 __all__ = [
     "SUBSETS",
@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 SUBSETS = ("Tr", "Ts")
+USER_FOLDER = re.compile(r"Dataset\d{3}_\w+")  # a folder that becomes a user dataset
 
 
 # ----------------------------------------------------------------------------
@@ -281,6 +282,17 @@ class RawDataset:
         self.path = path
         self.json = load_dataset_json(path)
         self.info: DatasetInfo | None = find_info(self.json.get("name")) or find_info(path.name)
+        if (self.info is None or self.info.user) and USER_FOLDER.fullmatch(path.name):
+            from logvmamba.data.user import user_info
+
+            try:
+                fresh = user_info(path, self.json)
+            except ValueError as err:
+                raise DatasetError(path / "dataset.json", str(err)) from None
+            # keep a registration that only adds the planned patch to these facts
+            known = self.info
+            if known is None or dataclasses.replace(known, patch_size=None, synthetic_patch_size=None) != fresh:
+                self.info = register_dataset(fresh)
         self._cases: dict[str, list[CaseFiles]] = {}
         if not (path / "imagesTr").is_dir():
             raise DatasetError(path / "imagesTr", "missing; a raw dataset keeps its training images in imagesTr/")
@@ -313,7 +325,7 @@ class RawDataset:
 
     @property
     def spatial_dims(self) -> int:
-        return 2 if self.file_ending == ".png" else 3
+        return 2 if self.file_ending in (".png", ".tif", ".tiff") else 3
 
     @property
     def labels(self) -> dict:

@@ -1,7 +1,10 @@
 """The four benchmark datasets of the suite: names, shapes, labels and sources.
 
 ``DATASETS`` maps the suite's dataset keys (``endoscopy``, ``cell``, ``brats``,
-``acdc``) to a frozen :class:`DatasetInfo`. Everything else in
+``acdc``) to a frozen :class:`DatasetInfo`. Any other nnU-Net v2 raw dataset is a
+*user dataset*: :func:`logvmamba.data.user.user_info` derives its facts from its
+dataset.json, and :func:`register_dataset` makes them known to this process under the
+key ``DatasetXXX`` (the nnU-Net id; :func:`get_info` and :func:`find_info` see it). Everything else in
 :mod:`logvmamba.data` (converters, synthetic generators, loaders, folder
 look-up) reads its facts from here, so this table is the single place where a
 dataset's nnU-Net name, label map or patch size is written down.
@@ -13,10 +16,12 @@ the NIfTI files as nibabel returns them (``(X, Y, Z)``, no reorientation).
 from __future__ import annotations
 
 import dataclasses
+import re
 from types import MappingProxyType
-from typing import Mapping
+from typing import Mapping, Sequence
 
-__all__ = ["DatasetInfo", "DATASETS", "get_info", "find_info"]
+__all__ = ["DatasetInfo", "DATASETS", "get_info", "find_info", "register_dataset", "registered", "short_names",
+           "user_key"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +54,8 @@ class DatasetInfo:
         split_protocol: ``"kfold"``, ``"brats_holdout"`` or ``"patient_kfold"``
             (see :mod:`logvmamba.data.splits`).
         url: official page of the release (where to register / download).
-        download_note: one line on how the data is obtained.
+        download_note: one line on how the data is obtained (a user dataset: the first
+            sentence of its dataset.json description).
         synthetic_name: folder name of the synthetic stand-in.
         synthetic_patch_size: training patch for the synthetic stand-in.
         short_title: the name in table headers and figure panels.
@@ -61,6 +67,9 @@ class DatasetInfo:
         ablation_metrics: the columns of the ablation tables.
         instance_labels: whether the dataset ships instance masks
             (``labelsTr-instance``), which its scoring needs.
+        user: a user dataset (not one of the four); its ``patch_size`` is None
+            (planned from its fingerprint) and ``normalization`` is ``"nnunet"``
+            (per channel name, as nnU-Net v2 normalises).
     """
 
     key: str
@@ -74,14 +83,14 @@ class DatasetInfo:
     labels: Mapping[str, int | tuple[int, ...]]
     class_names: tuple[str, ...]
     file_ending: str
-    patch_size: tuple[int, ...]
+    patch_size: tuple[int, ...] | None
     normalization: str
     sampling: str
     split_protocol: str
     url: str
     download_note: str
     synthetic_name: str
-    synthetic_patch_size: tuple[int, ...]
+    synthetic_patch_size: tuple[int, ...] | None
     short_title: str
     scoring: str
     metrics: tuple[str, ...]
@@ -91,6 +100,7 @@ class DatasetInfo:
     regions_class_order: tuple[int, ...] | None = None
     alt_nnunet_names: tuple[str, ...] = ()
     instance_labels: bool = False
+    user: bool = False
 
     def __hash__(self) -> int:
         return hash(self.key)
@@ -262,16 +272,57 @@ DATASETS: Mapping[str, DatasetInfo] = MappingProxyType({
 })
 
 
+# User datasets known to this process (key -> info), see register_dataset.
+_REGISTERED: dict[str, DatasetInfo] = {}
+
+_NNUNET_NAME = re.compile(r"Dataset(\d{3})_\w+")
+
+
+def user_key(folder_name: str) -> str:
+    """The suite's key of a user dataset folder: ``Dataset951_StardistNuclei`` -> ``Dataset951``.
+
+    The key has no underscore (table columns are ``<dataset>_<metric>``) and is unique
+    among datasets of one nnU-Net root, as nnU-Net ids are.
+
+    Raises:
+        ValueError: not an nnU-Net v2 dataset folder name.
+    """
+    match = _NNUNET_NAME.fullmatch(folder_name)
+    if match is None:
+        raise ValueError(f"{folder_name!r} is not an nnU-Net v2 dataset folder name (DatasetXXX_Name, three digits)")
+    return f"Dataset{match.group(1)}"
+
+
+def register_dataset(info: DatasetInfo) -> DatasetInfo:
+    """Make a user dataset's info known to :func:`get_info` / :func:`find_info` in this process.
+
+    A later registration under the same key replaces the earlier one (the dataset.json
+    of the folder opened last decides).
+
+    Raises:
+        ValueError: the key is one of the four.
+    """
+    if info.key in DATASETS:
+        raise ValueError(f"{info.key!r} is one of the suite's datasets; a user dataset needs another key")
+    _REGISTERED[info.key] = info
+    return info
+
+
+def registered() -> Mapping[str, DatasetInfo]:
+    """The four datasets and every registered user dataset, by key."""
+    return MappingProxyType({**DATASETS, **_REGISTERED})
+
+
 def get_info(key: str) -> DatasetInfo:
-    """Return the :class:`DatasetInfo` of a dataset key.
+    """Return the :class:`DatasetInfo` of a dataset key (the four, or a registered user dataset).
 
     Raises:
         KeyError: unknown key; the message lists the known keys.
     """
     try:
-        return DATASETS[key]
+        return registered()[key]
     except KeyError:
-        raise KeyError(f"unknown dataset {key!r}; known: {', '.join(DATASETS)}") from None
+        raise KeyError(f"unknown dataset {key!r}; known: {', '.join(registered())}") from None
 
 
 def find_info(name: str | None) -> DatasetInfo | None:
@@ -283,9 +334,27 @@ def find_info(name: str | None) -> DatasetInfo | None:
     if not name:
         return None
     name = str(name).rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
-    if name in DATASETS:
-        return DATASETS[name]
-    for info in DATASETS.values():
+    known = registered()
+    if name in known:
+        return known[name]
+    for info in known.values():
         if name in info.all_names:
             return info
     return None
+
+
+def _short(name: str) -> str:
+    words = name.split()
+    return "".join(w[0] for w in words).upper() if len(words) > 1 else name
+
+
+def short_names(names: Sequence[str]) -> list[str]:
+    """Metric-column names of classes: ``"whole tumor"`` -> ``"WT"``, one word unchanged.
+
+    When two initials collide (``"left cortex"``, ``"lateral cortex"``), every name is
+    written out instead, spaces and other non-word characters as ``-``.
+    """
+    short = [_short(str(n)) for n in names]
+    if len(set(short)) == len(short) and all(re.fullmatch(r"[\w-]+", s) for s in short):
+        return short
+    return [re.sub(r"[^0-9A-Za-z]+", "-", str(n)).strip("-") for n in names]

@@ -72,7 +72,8 @@ def evaluate_predictions(dataset, pred_dir: str | os.PathLike, case_ids: Sequenc
     ds = open_dataset(dataset, root)
     info = ds.info
     if info is None:
-        raise KeyError(f"{ds.path}: not one of the suite's datasets (endoscopy, cell, brats, acdc)")
+        raise KeyError(f"{ds.path}: not one of the suite's datasets (endoscopy, cell, brats, acdc) and not named "
+                       f"DatasetXXX_Name as a user dataset is")
     pred_dir = Path(pred_dir)
     ending = ds.file_ending
     if case_ids is None:

@@ -61,7 +61,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from logvmamba.data.labels import label_to_regions
-from logvmamba.data.registry import DATASETS, DatasetInfo, find_info
+from logvmamba.data.registry import DatasetInfo, find_info, registered, short_names
 from logvmamba.evaluation import metrics as M
 
 __all__ = [
@@ -87,14 +87,8 @@ def _info(dataset) -> DatasetInfo:
         if info is None and isinstance(getattr(dataset, "path", None), (str, os.PathLike)):
             info = find_info(os.fspath(dataset.path))
     if info is None:
-        raise KeyError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+        raise KeyError(f"unknown dataset {dataset!r}; known: {', '.join(registered())}")
     return info
-
-
-def _short(name: str) -> str:
-    """``"whole tumor"`` -> ``"WT"``; one-word names (``"RV"``) unchanged."""
-    words = name.split()
-    return "".join(w[0] for w in words).upper() if len(words) > 1 else name
 
 
 def class_regions(dataset) -> list[tuple[str, tuple[int, ...]]]:
@@ -107,8 +101,9 @@ def class_regions(dataset) -> list[tuple[str, tuple[int, ...]]]:
     info = _info(dataset)
     regions = [(k, v) for k, v in info.labels.items() if isinstance(v, tuple)]
     if regions:
-        return [(_short(name), tuple(int(x) for x in values)) for name, values in regions]
-    return [(_short(name), (value,)) for value, name in enumerate(info.class_names) if value > 0]
+        return list(zip(short_names([name for name, _ in regions]), [tuple(int(x) for x in v) for _, v in regions]))
+    classes = [(value, name) for value, name in enumerate(info.class_names) if value > 0]
+    return list(zip(short_names([name for _, name in classes]), [(value,) for value, _ in classes]))
 
 
 def _label_map(x, name: str) -> np.ndarray:

@@ -31,7 +31,8 @@ def input_spec(dataset: str, size: str | Sequence[int] = "paper") -> dict:
     """Network input and output sizes of a dataset.
 
     Args:
-        dataset: a key of :data:`logvmamba.data.DATASETS`.
+        dataset: a key of :data:`logvmamba.data.DATASETS` or a registered user dataset
+            (its ``paper`` and ``synthetic`` size: the planned patch).
         size: ``paper`` (the dataset's training patch), ``synthetic`` (its synthetic
             stand-in's patch), a string like ``64x96`` or ``16x64x64``, or a sequence.
 
@@ -39,11 +40,9 @@ def input_spec(dataset: str, size: str | Sequence[int] = "paper") -> dict:
         KeyError: unknown dataset.
         ValueError: a size that is not one of those or has the wrong length.
     """
-    from logvmamba.data import DATASETS
+    from logvmamba.data import get_info
 
-    if dataset not in DATASETS:
-        raise KeyError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
-    info = DATASETS[dataset]
+    info = get_info(dataset)
     if isinstance(size, str) and size in SIZES:
         patch = info.patch_size if size == "paper" else info.synthetic_patch_size
     else:

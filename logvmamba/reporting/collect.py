@@ -18,16 +18,44 @@ from typing import Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from logvmamba.data import DATASETS
+from logvmamba.data import get_info
+from logvmamba.data.registry import registered
 
 __all__ = [
     "HIGHER_IS_BETTER", "REFERENCE_METRIC", "SOURCES", "ResultsError",
     "load_runs", "load_cases", "load_profiles", "load_reference", "published", "provenance",
 ]
 
+class _HigherIsBetter(Mapping):
+    """metric -> whether higher is better: every score but the HD95 distances (any dataset's metrics)."""
+
+    def __getitem__(self, metric: str) -> bool:
+        return not str(metric).startswith("HD95")
+
+    def __iter__(self):
+        return iter(dict.fromkeys(m for info in registered().values() for m in info.metrics))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def dataset_title(key: str) -> str:
+    """A dataset's name in table headers and figure panels (``"Nuclei (user dataset)"`` for a user dataset)."""
+    info = get_info(key)
+    return f"{info.short_title} (user dataset)" if info.user else info.short_title
+
+
+def user_dataset_note(datasets: Iterable[str]) -> str:
+    """One sentence naming the user datasets among ``datasets`` (empty when there are none)."""
+    users = [get_info(d) for d in datasets if get_info(d).user]
+    if not users:
+        return ""
+    return "User datasets: " + "; ".join(f"{i.key} = {i.nnunet_name} ({i.download_note})" for i in users) + "."
+
+
 # A dataset's columns, main and figure metric are facts of the dataset (``DATASETS[key]``);
 # the direction is a fact of the metric: distances are better low.
-HIGHER_IS_BETTER = {m: not m.startswith("HD95") for info in DATASETS.values() for m in info.metrics}
+HIGHER_IS_BETTER = _HigherIsBetter()
 # Our metric names -> the reference file's.
 REFERENCE_METRIC = {"DSC": "dsc", "NSD": "nsd", "F1": "f1", "params_M": "params_M", "gflops": "gflops"}
 SOURCES = {
@@ -60,7 +88,7 @@ def load_runs(root: str | Path, grid: Iterable[tuple[str, str, int]]) -> pd.Data
     for dataset, model, seed in grid:
         path = _run_dir(Path(root), dataset, model, seed) / "summary.json"
         summary = _read_json(path)
-        for metric in DATASETS[dataset].metrics:
+        for metric in get_info(dataset).metrics:
             value = summary.get(metric)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ResultsError(f"{path}: no numeric {metric!r}")
@@ -80,7 +108,7 @@ def load_cases(root: str | Path, grid: Iterable[tuple[str, str, int]]) -> pd.Dat
             raise ResultsError(f"{path}: file not found (run the workflow target that makes it)") from None
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
             raise ResultsError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from None
-        metrics = list(DATASETS[dataset].metrics)
+        metrics = list(get_info(dataset).metrics)
         for name, prefix in MEAN_OF.items():
             if name in metrics:
                 parts = [c for c in table.columns if c.startswith(prefix)]

@@ -8,9 +8,12 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from logvmamba.data import DATASETS
+from logvmamba.data import get_info
+from logvmamba.data.registry import registered
 from logvmamba.reporting.collect import (
     HIGHER_IS_BETTER,
+    dataset_title,
+    user_dataset_note,
     load_cases,
     load_profiles,
     load_reference,
@@ -37,9 +40,10 @@ def _reference_model(config: Mapping) -> str:
 
 def statistics_from_results(config: Mapping, root: str | Path, dataset: str, out_csv: str | Path) -> pd.DataFrame:
     """Bootstrap CIs and paired tests of every run on ``dataset``; written to ``out_csv``."""
-    from logvmamba.config import run_grid
+    from logvmamba.config import register_datasets, run_grid
     from logvmamba.reporting.stats import dataset_statistics, write_statistics
 
+    register_datasets(config)
     cases = load_cases(root, run_grid(config, dataset))
     stats = dataset_statistics(cases, _reference_model(config), HIGHER_IS_BETTER,
                                n_boot=config.get("report", {}).get("bootstrap", 10000))
@@ -48,8 +52,9 @@ def statistics_from_results(config: Mapping, root: str | Path, dataset: str, out
 
 
 def _collect(config: Mapping, root, reference_csv, configs, ablations: bool = True):
-    from logvmamba.config import run_grid
+    from logvmamba.config import register_datasets, run_grid
 
+    register_datasets(config)
     grid = run_grid(config, ablations=ablations)
     pairs = list(dict.fromkeys((d, m) for d, m, _ in grid))
     runs = load_runs(root, grid)
@@ -74,7 +79,7 @@ def figure_points(runs: pd.DataFrame, profiles: pd.DataFrame, reference: pd.Data
     """(points, published) frames of one Figure 5 variant: each seed's figure-metric score against cost ``x``."""
     column, _, pub_metric = FIGURE_AXES[x]
     prof = profiles[profiles.device == device].set_index(["dataset", "model"])[column]
-    figure_metric = {key: info.figure_metric for key, info in DATASETS.items()}
+    figure_metric = {key: info.figure_metric for key, info in registered().items()}
     keep = runs[runs.model.isin(models) & (runs.metric == runs.dataset.map(figure_metric))]
     points = pd.DataFrame({
         "dataset": keep.dataset, "model": keep.model, "seed": keep.seed, "score": keep.value,
@@ -82,7 +87,7 @@ def figure_points(runs: pd.DataFrame, profiles: pd.DataFrame, reference: pd.Data
     })
     rows = []
     for dataset in dict.fromkeys(points.dataset):
-        metric = DATASETS[dataset].figure_metric
+        metric = get_info(dataset).figure_metric
         for model in models:
             for source in FIGURE_SOURCES:
                 score = published(reference, dataset, model, metric, source)
@@ -107,7 +112,7 @@ def _figure_caption(config: Mapping, prov: Mapping, x: str, device: str, profile
                 "not comparable with the published (hollow) points")
     else:
         data = f"{prov['data'].capitalize()} data"
-    metric = ", ".join(f"{d}: {info.figure_metric}" for d, info in DATASETS.items() if d in set(profiles.dataset))
+    metric = ", ".join(f"{d}: {info.figure_metric}" for d, info in registered().items() if d in set(profiles.dataset))
     dev = next((r.device_name for r in profiles.itertuples() if r.device == device), device)
     flops_inputs = ", ".join(dict.fromkeys(f"{r.dataset} {r.flops_input}" for r in profiles.itertuples()))
     cost = {"gflops": f"GFLOPs (fvcore, scans counted) of the paper's architectures at inputs {flops_inputs}",
@@ -116,7 +121,8 @@ def _figure_caption(config: Mapping, prov: Mapping, x: str, device: str, profile
                        + ", ".join(sorted({f"{r.dataset} {r.runtime_input}" for r in profiles.itertuples() if r.runtime_input}))}[x]
     shown = published[published.x.notna() & published.score.notna()] if len(published) else published
     sources = "; ".join(f"{SOURCES[s]}" for s in dict.fromkeys(shown.source)) if len(shown) else "none for this axis"
-    return (f"{data}. y: {metric}; x: {cost}. Stars: mean over seeds (up to {n_seeds}); dots: single seeds; "
+    users = user_dataset_note(config["datasets"])
+    return (f"{data}.{' ' + users if users else ''} y: {metric}; x: {cost}. Stars: mean over seeds (up to {n_seeds}); dots: single seeds; "
             f"arrows: gap of {ref} to the annotated baselines (x100). Hollow: published ({sources}). "
             f"Trained on {', '.join(prov['train_devices'])}; config {', '.join(prov['configs'])}; commit {prov['commit']}.")
 
@@ -138,8 +144,8 @@ def figures_from_results(config: Mapping, root: str | Path, reference_csv, confi
         caption = _figure_caption(config, prov, x, device, profiles, len(config["seeds"]), pub)
         written += efficiency_figure(
             points, pub, Path(out_dir) / f"figure5_{x}.png", Path(out_dir) / f"figure5_{x}.pdf",
-            x_label=x_label, y_labels={d: info.figure_metric.replace("_mean", " mean") for d, info in DATASETS.items()},
-            titles={d: DATASETS[d].short_title for d in datasets}, labels=labels, reference=_reference_model(config),
+            x_label=x_label, y_labels={d: info.figure_metric.replace("_mean", " mean") for d, info in registered().items()},
+            titles={d: dataset_title(d) for d in datasets}, labels=labels, reference=_reference_model(config),
             annotate=settings.get("annotate", ["nnunet", "umamba_enc", "swin_unetr"]), caption=caption,
             datasets=datasets,
         )

@@ -18,9 +18,9 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from logvmamba.data import DATASETS
+from logvmamba.data import get_info
 from logvmamba.io import atomic_write_text
-from logvmamba.reporting.collect import HIGHER_IS_BETTER, SOURCES, published
+from logvmamba.reporting.collect import HIGHER_IS_BETTER, SOURCES, dataset_title, published, user_dataset_note
 
 __all__ = ["Column", "Table", "table_names", "build_tables", "write_tables", "render_markdown", "render_latex",
            "render_html", "render_csv"]
@@ -49,11 +49,11 @@ class Table:
 
 
 def _is_2d(dataset: str) -> bool:
-    return DATASETS[dataset].spatial_dims == 2
+    return get_info(dataset).spatial_dims == 2
 
 
 def _title(dataset: str) -> str:
-    return DATASETS[dataset].short_title
+    return dataset_title(dataset)
 
 
 def table_names(config: Mapping, datasets: Sequence[str]) -> list[str]:
@@ -147,7 +147,7 @@ def _caption(prov: Mapping, config: Mapping, extra: str = "", stats_note: bool =
             else "paper-size networks")
     if ours is None:
         ours = f"Ours: mean ± std over seeds (number of seeds), {nets}; bold: best of ours per column."
-    parts = [data + ".", ours]
+    parts = [data + ".", user_dataset_note(config["datasets"]), ours]
     if stats_note:
         parts.append(f"↓ / ↑: {model_label(config, ref)} is significantly better / worse than this row "
                      f"(paired Wilcoxon signed-rank test over cases, Holm-adjusted p < {ALPHA}).")
@@ -171,7 +171,7 @@ def _model_table(name, title, datasets, models, field_name, runs, profiles, stat
     """One row per model over ``datasets``; ``field_name``: the DatasetInfo field listing the columns."""
     from logvmamba.config import model_label
 
-    metrics = {d: list(getattr(DATASETS[d], field_name)) for d in datasets}
+    metrics = {d: list(getattr(get_info(d), field_name)) for d in datasets}
 
     seeds, marks = _seed_stats(runs), _marks(stats)
     columns = [c for d in datasets for c in _metric_columns(d, metrics[d], models, reference, with_cost)]
@@ -241,7 +241,7 @@ def _statistics_table(stats: pd.DataFrame, config, prov) -> Table:
     table = Table("statistics", "Statistics: bootstrap confidence intervals and paired tests", caption,
                   ["Dataset", "Metric", "Model"], cols)
     for dataset, group in stats.groupby("dataset", sort=False):
-        main = DATASETS[dataset].main_metric
+        main = get_info(dataset).main_metric
         for r in group[group.metric == main].itertuples():
             row = {"Dataset": _title(dataset), "Metric": _display(main), "Model": model_label(config, r.model),
                    "_model": r.model}

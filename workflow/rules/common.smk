@@ -1,19 +1,21 @@
 from pathlib import Path
 
-from logvmamba.config import RECIPES, check_models, dataset_recipe, model_spec, weight_recipe
+from logvmamba.config import RECIPES, check_models, dataset_recipe, model_spec, register_datasets, weight_recipe
 from logvmamba.config import run_grid as config_run_grid
 from logvmamba.data import DATASETS
 from logvmamba.reporting.tables import table_names
 
+# User datasets (any nnU-Net raw dataset) become keys DatasetXXX; the scripts register them again.
+register_datasets(config)
 check_models(config)
 
 # The published numbers are part of the checkout, wherever --directory puts the results.
 REFERENCE = f"{workflow.basedir}/results/reference/reference_results.csv"
 
 
-# For every rule: a dataset is a registered key (so results/tables/... is never a dataset).
+# For every rule: a dataset is a known key (so results/tables/... is never a dataset).
 wildcard_constraints:
-    dataset="|".join(DATASETS),
+    dataset="|".join([*DATASETS, *config["dataset_folders"]]),
     seed=r"\d+",
     device="cpu|cuda",
 
@@ -68,6 +70,12 @@ def paper_spec(wildcards):
 def profile_params(wildcards):
     """The config's profile settings; no timing for a model outside ``runtime_models``."""
     settings = dict(config["profile"])
+    size = settings.get("size")
+    if wildcards.dataset in config["dataset_folders"] and isinstance(size, dict) and wildcards.dataset not in size:
+        # a user dataset: its planned patch, rounded as the paper-size network needs it
+        paper = dict(config, model_variant="paper")
+        patch = dataset_recipe(paper, wildcards.model, wildcards.dataset)["patch_size"]
+        settings["size"] = dict(size, **{wildcards.dataset: "x".join(map(str, patch))})
     timed = settings.pop("runtime_models", None)
     if timed is not None and wildcards.model not in timed:
         settings["runtime"] = False

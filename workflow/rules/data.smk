@@ -8,6 +8,7 @@ rule prepare_data:
         synthetic=config["synthetic"],
         cases=config.get("synthetic_cases"),
         seed=config["seeds"][0],
+        folder=lambda w: config["dataset_folders"].get(w.dataset),
     conda:
         "../envs/suite.yaml"
     script:
