@@ -23,13 +23,16 @@ per case where it lies in the source (``"cases"``).
 ``Dataset952_Colin27AAL`` (3D NIfTI)
     mricron-data's Colin27 T1 (``ch2bet``, skull-stripped) and the AAL atlas
     (116 regions, same 181 x 217 x 181 1 mm grid: shapes and affines are
-    checked). AAL regions are merged into four classes (:data:`AAL_CLASSES`,
+    checked). AAL regions are merged into three classes (:data:`AAL_CLASSES`,
     :func:`aal_class_lut`)::
 
-        1 cortex_left   AAL 1-90 with an odd index (left; ``*_L``), except 71-78
-        2 cortex_right  AAL 1-90 with an even index (right; ``*_R``), except 71-78
-        3 cerebellum    AAL 91-108 (cerebellar hemispheres) and 109-116 (vermis)
-        4 deep_grey     AAL 71-78: caudate, putamen, pallidum, thalamus (both sides)
+        1 cerebral_cortex  AAL 1-90 (both hemispheres), except 71-78
+        2 cerebellum       AAL 91-108 (cerebellar hemispheres) and 109-116 (vermis)
+        3 deep_grey        AAL 71-78: caudate, putamen, pallidum, thalamus (both sides)
+
+    Left and right are one class: the training augmentation mirrors every axis (as
+    nnU-Net's does), which turns a left hemisphere into a right one, so a left / right
+    split cannot be learnt under it (trained models scored at the untrained floor).
 
     "Cortex" here is all cerebral AAL grey matter outside the deep nuclei, so
     it includes hippocampus, parahippocampal gyrus and amygdala (AAL 37-42).
@@ -51,8 +54,8 @@ label: the most frequent merged class of the block, ties to the lower class;
 ICBM: argmax of the block-mean probabilities) and cut into 8 cases: ICBM152 into
 the octants of the box (halves along each array axis, about 38 x 47 x 40 voxels;
 tissue classes look alike everywhere), Colin27 into 8 axial slabs along the
-array axis nearest world z (about 75 x 93 x 10 voxels), because in an octant
-left and right cortex look alike and only the position tells them apart.
+array axis nearest world z (about 75 x 93 x 10 voxels), so that every case
+shows one level of the whole brain with its midline.
 Each case's affine is the source affine composed with the crop, the block
 size (spacing 2 mm, read from the header's 1 mm) and the half-block shift of
 the block centre, and the case's offset in the box: voxel (0, 0, 0) of a case sits at
@@ -90,10 +93,11 @@ ICBM152_NAME = "Dataset953_ICBM152Tissue"
 TILE = 128            # stardist tile side (pixels)
 FACTOR = 2            # 3D downsampling: 2 x 2 x 2 source voxels per case voxel
 MARGIN = 2            # source voxels kept around the brain's bounding box
-SLABS = 8             # Colin27: axial slabs (octants would hide which hemisphere a case shows)
+SLABS = 8             # Colin27: axial slabs, each one level of the whole brain
 
 STARDIST_CLASSES = {"background": 0, "interior": 1, "boundary": 2}
-AAL_CLASSES = {"background": 0, "cortex_left": 1, "cortex_right": 2, "cerebellum": 3, "deep_grey": 4}
+# one cortex class, not left / right: training mirrors every axis (as nnU-Net), which swaps the hemispheres
+AAL_CLASSES = {"background": 0, "cerebral_cortex": 1, "cerebellum": 2, "deep_grey": 3}
 ICBM152_CLASSES = {"background": 0, "grey_matter": 1, "white_matter": 2}
 
 _AAL_DEEP = range(71, 79)
@@ -299,7 +303,7 @@ def aal_class_lut(max_index: int = _AAL_MAX) -> np.ndarray:
         elif index in _AAL_CEREBELLUM:
             lut[index] = AAL_CLASSES["cerebellum"]
         else:
-            lut[index] = AAL_CLASSES["cortex_left"] if index % 2 else AAL_CLASSES["cortex_right"]
+            lut[index] = AAL_CLASSES["cerebral_cortex"]
     return lut
 
 
@@ -320,8 +324,8 @@ def _check_aal_names(path: Path, names: dict[int, str], lut: np.ndarray) -> None
         cls = int(lut[index])
         ok = {AAL_CLASSES["deep_grey"]: name.startswith(_AAL_DEEP_NAMES),
               AAL_CLASSES["cerebellum"]: name.startswith(("Cerebelum", "Cerebellum", "Vermis")),
-              AAL_CLASSES["cortex_left"]: name.endswith("_L") and not name.startswith(_AAL_DEEP_NAMES),
-              AAL_CLASSES["cortex_right"]: name.endswith("_R") and not name.startswith(_AAL_DEEP_NAMES)}[cls]
+              AAL_CLASSES["cerebral_cortex"]: name.endswith(("_L", "_R")) and not name.startswith(_AAL_DEEP_NAMES)
+              and not name.startswith(("Cerebelum", "Cerebellum", "Vermis"))}[cls]
         if not ok:
             raise DatasetError(path, f"AAL region {index} {name!r} does not fit the merge rule (class {cls}); "
                                      f"not the AAL1 table this converter was written for")
@@ -356,10 +360,10 @@ def convert_mricron(src: str | os.PathLike | None, dest: str | os.PathLike, over
     logger.info("mricron: %s %s -> box %s -> %s at %s mm", t1_file.name, t1.shape, box, image.shape,
                 affine_spacing(affine))
     with staged_dataset_dir(dest, COLIN27_NAME, overwrite) as out:
-        # axial slabs: each case holds both hemispheres, so left and right cortex can be told apart
+        # axial slabs: each case is one level of the whole brain (both hemispheres, midline kept)
         splits = tuple(SLABS if a == _superior_axis(affine) else 1 for a in range(3))
         cases = _write_blocks(out, "colin27", image, label, affine, start, FACTOR, splits)
-        description = ("Colin27 T1 (ch2bet) with the AAL atlas merged into left / right cerebral cortex, "
+        description = ("Colin27 T1 (ch2bet) with the AAL atlas merged into cerebral cortex, "
                        "cerebellum + vermis and deep grey nuclei, from the Debian package mricron-data; "
                        f"downsampled to {FACTOR} mm and cut into {SLABS} axial slabs. Converted by "
                        "logvmamba.data.convert_real.")
