@@ -32,7 +32,7 @@ import yaml
 __all__ = [
     "load_config", "resolve_recipe", "validate_config", "model_arch", "model_spec", "model_label", "supports",
     "check_models", "config_models", "ablation_models", "run_grid", "ConfigError", "ROOT", "SCHEMA", "RECIPES",
-    "dataset_recipe", "weight_recipe", "INFERENCE_KEYS", "register_datasets", "planned_patch", "fitting_patch", "PACKAGED",
+    "dataset_recipe", "weight_recipe", "INFERENCE_KEYS", "register_datasets", "planned_patch", "planned_spacing", "fitting_patch", "PACKAGED",
 ]
 
 #: Recipe keys that change how a trained model is used or how fast it trains, not its
@@ -248,11 +248,23 @@ def resolve_recipe(config: Mapping, model: str, ds) -> dict:
         from logvmamba.data.loading import default_patch_size
 
         patch = default_patch_size(ds)
-    return _resolve(config, model, key, ds.spatial_dims, patch)
+    recipe = _resolve(config, model, key, ds.spatial_dims, patch)
+    if recipe.get("target_spacing") == "planned":
+        recipe["target_spacing"] = planned_spacing(ds)
+    return recipe
 
 
 def planned_patch(ds) -> list[int]:
     """nnU-Net v2's planned patch of a dataset (``3d_fullres`` for 3D, ``2d`` for 2D), in our array axes."""
+    return [int(p) for p in _planned(ds)["patch_size"]]
+
+
+def planned_spacing(ds) -> list[float]:
+    """nnU-Net v2's target spacing of the same configuration, in our array axes."""
+    return [float(s) for s in _planned(ds)["spacing"]]
+
+
+def _planned(ds) -> dict:
     from logvmamba.data.fingerprint import dataset_fingerprint
     from logvmamba.planning import in_array_axes, plan
 
@@ -261,7 +273,7 @@ def planned_patch(ds) -> list[int]:
     if name not in configurations:
         raise ConfigError(f"{ds.path}: nnU-Net's planner gives no {name} configuration (the median image has one "
                           f"slice); set patch_size: {{{ds.key}: [...]}} in the config")
-    return [int(p) for p in in_array_axes(configurations[name])["patch_size"]]
+    return in_array_axes(configurations[name])
 
 
 def dataset_recipe(config: Mapping, model: str, key: str) -> dict:
@@ -336,7 +348,8 @@ def register_datasets(config: dict) -> dict[str, str]:
         if not ds.info.user:
             return ds.info.key
         patch = tuple(config.get("patch_size", {}).get(ds.info.key) or planned_patch(ds))
-        register_dataset(dataclasses.replace(ds.info, patch_size=patch, synthetic_patch_size=patch))
+        register_dataset(dataclasses.replace(ds.info, patch_size=patch, synthetic_patch_size=patch,
+                                             target_spacing=tuple(planned_spacing(ds))))
         folders[ds.info.key] = str(Path(folder).resolve())
         return ds.info.key
 
@@ -377,6 +390,8 @@ def _resolve(config: Mapping, model: str, key: str, spatial_dims: int, patch) ->
         patch = fitting_patch(arch, spatial_dims, info.in_channels, info.num_outputs, patch, kwargs)
     recipe.update(arch=arch, patch_size=patch, model=model, dataset=key)
     recipe["model_kwargs"] = kwargs
+    if config.get("resample") and info is not None:  # the four keep their native spacing, as the papers
+        recipe["target_spacing"] = list(info.target_spacing) if info.target_spacing is not None else "planned"
     return recipe
 
 

@@ -87,10 +87,25 @@ def _regions_order(ds: RawDataset) -> list[int] | None:
     return ds.json.get("regions_class_order") or list(range(1, len(ds.regions) + 1))
 
 
-def predict_case(model, ds: RawDataset, case_id: str, patch_size, overlap=0.5, tta=False, subset=None):
-    """(label map, loaded case) for one case of ``ds``."""
+def predict_resampled(model, image: torch.Tensor, spacing, target_spacing, patch_size, overlap=0.5,
+                      tta=False) -> torch.Tensor:
+    """Logits on the image's own grid; with ``target_spacing`` the network sees the image resampled
+    to it and its logits are resampled back (linear), as nnU-Net predicts."""
+    if target_spacing is None or spacing is None:
+        return predict_logits(model, image, patch_size, overlap, tta)
+    from logvmamba.data.loading import resample, resampled_size
+
+    size = resampled_size(image.shape[1:], spacing, target_spacing)
+    logits = predict_logits(model, resample(image, size), patch_size, overlap, tta)
+    return resample(logits, image.shape[1:])
+
+
+def predict_case(model, ds: RawDataset, case_id: str, patch_size, overlap=0.5, tta=False, subset=None,
+                 target_spacing=None):
+    """(label map, loaded case) for one case of ``ds``; ``target_spacing``: the training's resampling."""
     case = load_case(ds, case_id, subset=subset)
-    return logits_to_label(predict_logits(model, case.image, patch_size, overlap, tta), _regions_order(ds)), case
+    logits = predict_resampled(model, case.image, case.spacing, target_spacing, patch_size, overlap, tta)
+    return logits_to_label(logits, _regions_order(ds)), case
 
 
 def save_prediction(label: np.ndarray, case_id: str, out_dir: str | os.PathLike, file_ending: str,
@@ -108,6 +123,7 @@ def predict_dataset(
     overlap: float = 0.5,
     tta: bool = False,
     subset: str | None = None,
+    target_spacing: Sequence[float] | None = None,
 ) -> list[Path]:
     """Predict and save every case of a dataset; returns the written files."""
     from tqdm import tqdm
@@ -115,7 +131,7 @@ def predict_dataset(
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     paths = []
     for case_id in tqdm(case_ids, desc="predict", disable=not sys.stderr.isatty(), leave=False):
-        label, case = predict_case(model, ds, case_id, patch_size, overlap, tta, subset)
+        label, case = predict_case(model, ds, case_id, patch_size, overlap, tta, subset, target_spacing)
         paths.append(save_prediction(label, case.case_id, out_dir, ds.file_ending, like=case))
     logger.info("%d prediction(s) written to %s", len(paths), out_dir)
     return paths
@@ -219,11 +235,12 @@ def predict_folder(model: nn.Module, checkpoint: Mapping, input_path: str | os.P
     paths = []
     for case_id, files in tqdm(cases.items(), desc="predict", disable=not sys.stderr.isatty(), leave=False):
         image, meta = _read_image(files, data, spatial_dims)
-        trained = data.get("spacing")
-        if trained and meta["spacing"] and not np.allclose(meta["spacing"], trained, rtol=0.25):
+        trained, target = data.get("spacing"), inference.get("target_spacing")
+        if target is None and trained and meta["spacing"] and not np.allclose(meta["spacing"], trained, rtol=0.25):
             logger.warning("%s: spacing %s differs from the training data's median %s (no resampling is done)",
                            files[0], tuple(round(s, 3) for s in meta["spacing"]), tuple(round(s, 3) for s in trained))
-        logits = predict_logits(model, image, inference["patch_size"], inference["overlap"], tta)
+        logits = predict_resampled(model, image, meta["spacing"], target, inference["patch_size"],
+                                   inference["overlap"], tta)
         label = logits_to_label(logits, data["regions_class_order"])
         paths.append(save_prediction(label, case_id, out_dir, file_ending(files[0]), like=meta))
     logger.info("%d prediction(s) written to %s", len(paths), out_dir)
@@ -255,7 +272,7 @@ def main(argv=None) -> None:
             ds = RawDataset(args.dataset)
             inference = checkpoint["inference"]
             predict_dataset(model, ds, args.cases or ds.case_ids(args.subset), args.out, inference["patch_size"],
-                            inference["overlap"], bool(args.tta), args.subset)
+                            inference["overlap"], bool(args.tta), args.subset, inference.get("target_spacing"))
     except (CheckpointError, DatasetError) as err:
         raise SystemExit(f"error: {err}") from None
 

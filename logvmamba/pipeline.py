@@ -84,7 +84,8 @@ def predict_run(marker, checkpoint, out_dir, fold: int, tta: bool | None = None,
     overlap = inference["overlap"] if overlap is None else overlap
     tmp = Path(str(out_dir) + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    paths = predict_dataset(model, ds, evaluation_cases(ds, fold), tmp, inference["patch_size"], overlap, tta)
+    paths = predict_dataset(model, ds, evaluation_cases(ds, fold), tmp, inference["patch_size"], overlap, tta,
+                            target_spacing=inference.get("target_spacing"))
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     return [Path(out_dir) / p.name for p in paths]

@@ -240,7 +240,8 @@ def validate(model: nn.Module, ds: RawDataset, case_ids, recipe: dict, rank: int
 
     rows = []
     for index in range(rank, len(case_ids), world):
-        pred, case = predict_case(model, ds, case_ids[index], recipe["patch_size"], recipe["overlap"])
+        pred, case = predict_case(model, ds, case_ids[index], recipe["patch_size"], recipe["overlap"],
+                                  target_spacing=recipe.get("target_spacing"))
         rows.append((index, score_case(ds.info, pred, case)))
     if world > 1:
         shares = [None] * world
@@ -337,7 +338,8 @@ def train(
 
     def state(epoch: int, resumable: bool) -> dict:
         out = dict(model=model.state_dict(), model_args=args, data=data,
-                   inference=dict(patch_size=list(recipe["patch_size"]), overlap=recipe["overlap"], tta=recipe["tta"]),
+                   inference=dict(patch_size=list(recipe["patch_size"]), overlap=recipe["overlap"], tta=recipe["tta"],
+                                  target_spacing=recipe.get("target_spacing")),
                    recipe=recipe, seed=seed, fold=fold, epoch=epoch, best=best, log=log_rows)
         if resumable:
             out.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict())
@@ -390,6 +392,7 @@ def train(
             ds, "train", fold=fold, patch_size=recipe["patch_size"], batch_size=recipe["batch_size"],
             seed=_epoch_seed(seed, epoch), num_workers=recipe["num_workers"],
             samples_per_epoch=recipe["iterations"] * recipe["batch_size"], rank=rank, world_size=world,
+            spacing=recipe.get("target_spacing"),
         )
         net.train()
         losses = []

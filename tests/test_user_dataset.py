@@ -185,3 +185,79 @@ def test_a_user_dataset_trains_and_scores_through_the_workflow(odd_root, tmp_pat
     reference = nib.load(inputs / "scan_0000.nii.gz")
     np.testing.assert_allclose(pred.affine, reference.affine, atol=1e-6)
     assert pred.shape == SHAPE and set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
+
+
+# ----------------------------------------------------------------------------
+# resampling to the planned spacing (config resample: true)
+# ----------------------------------------------------------------------------
+
+def test_resampled_size_and_nearest_labels_by_hand():
+    from logvmamba.data.loading import resample, resampled_size
+
+    assert resampled_size((10, 8, 5), (2.5, 1.0, 3.0), (1.25, 1.0, 2.0)) == [20, 8, 8]  # round(7.5) = 8
+    label = torch.tensor([[[0.0, 1.0], [2.0, 3.0]]])
+    up = resample(label, (4, 4), label=True)
+    assert torch.equal(up[0], torch.tensor([[0.0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3], [2, 2, 3, 3]]))
+    # linear, pixel centres aligned: output pixel i samples input position i / 2 - 1/4 (clamped at the edges)
+    ramp = torch.arange(4.0).reshape(1, 1, 4).expand(1, 4, 4).contiguous()
+    expected = torch.tensor([0.0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.0])
+    assert torch.allclose(resample(ramp, (8, 8))[0, 0], expected)
+
+
+def _mixed_spacing_dataset(root: Path) -> Path:
+    """Three cases at 1.25 mm in-plane, two at 2.5 mm (half the voxels): the plan's target is 1.25."""
+    folder = root / "Dataset779_MixedSpacing"
+    for sub in ("imagesTr", "labelsTr"):
+        (folder / sub).mkdir(parents=True)
+    rs = np.random.RandomState(1)
+    for i, step in enumerate((1.25, 1.25, 1.25, 2.5, 2.5)):
+        shape = (int(40 / step), int(40 / step), 8)
+        grid = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, (step, step, 3.0))], indexing="ij"))
+        label = (np.sqrt(((grid - np.array([20.0, 20.0, 12.0])[:, None, None, None]) ** 2).sum(0)) < 9).astype(np.uint8)
+        affine = np.diag([step, step, 3.0, 1.0])
+        nib.save(nib.Nifti1Image((label * 100 + rs.normal(0, 10, shape)).astype(np.float32), affine),
+                 folder / "imagesTr" / f"mix_{i}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(label, affine), folder / "labelsTr" / f"mix_{i}.nii.gz")
+    (folder / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MR"}, "labels": {"background": 0, "ball": 1}, "numTraining": 5,
+        "file_ending": ".nii.gz"}))
+    return folder
+
+
+def test_resample_trains_and_predicts_at_the_planned_spacing(tmp_path):
+    from logvmamba.config import resolve_recipe
+    from logvmamba.data.loading import make_transforms
+    from logvmamba.infer import predict_case
+
+    folder = _mixed_spacing_dataset(tmp_path)
+    ds = RawDataset(folder)
+    base = load_config(ROOT / "config/config.yaml")
+    config = dict(base, data_root=str(tmp_path), synthetic=False, datasets=[folder.name], ablations={},
+                  models=["nnunet"], resample=True)
+    register_datasets(config)
+    recipe = resolve_recipe(config, "nnunet", ds)
+    assert recipe["target_spacing"] == pytest.approx([1.25, 1.25, 3.0])
+    assert "target_spacing" not in resolve_recipe(dict(config, resample=False), "nnunet", ds)
+
+    coarse = next(f for f in ds.cases() if f.case_id == "mix_3")
+    out = make_transforms(ds, train=False, spacing=recipe["target_spacing"])({"files": coarse})
+    assert tuple(out["image"].shape) == (1, 32, 32, 8) and tuple(out["label"].shape) == (1, 32, 32, 8)
+    assert set(torch.unique(out["label"]).tolist()) == {0, 1}
+
+    class Probe(torch.nn.Module):
+        """Logits that record the input grid they saw: class 1 where the z-scored input is above 1."""
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(1))
+            self.seen = []
+
+        def forward(self, x):
+            self.seen.append(tuple(x.shape[2:]))
+            return torch.cat([torch.ones_like(x), x * self.weight], dim=1)
+
+    probe = Probe()
+    label, case = predict_case(probe, ds, "mix_3", (32, 32, 8), target_spacing=recipe["target_spacing"])
+    assert probe.seen == [(32, 32, 8)] and label.shape == (16, 16, 8) == case.image.shape[1:]
+    truth = np.asarray(nib.load(folder / "labelsTr" / "mix_3.nii.gz").dataobj)
+    assert (label == truth).mean() > 0.95  # back on the case's own grid, where it is scored

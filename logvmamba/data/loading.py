@@ -59,6 +59,7 @@ from typing import Sequence
 import monai.transforms as mt
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.data import CacheDataset, DataLoader, Dataset
 
 from logvmamba.data.errors import DatasetError
@@ -77,6 +78,9 @@ __all__ = [
     "make_transforms",
     "normalizer",
     "resolved_normalization",
+    "ResampleToSpacingd",
+    "resampled_size",
+    "resample",
     "ChannelNormalized",
     "make_dataset",
     "make_loader",
@@ -105,7 +109,8 @@ class LoadCased:
     Input: a dict with ``"files"`` (:class:`CaseFiles`), or ``"case"`` (a
     :class:`CaseData` already read). Output: ``"image"`` ``(C, *spatial)``
     float32 tensor, ``"label"`` ``(1, *spatial)`` float32 tensor (when the
-    case has one), ``"case_id"``; ``"files"`` / ``"case"`` are dropped.
+    case has one), ``"case_id"``, ``"spacing"`` (float64 tensor, one value per
+    spatial axis); ``"files"`` / ``"case"`` are dropped.
     """
 
     def __init__(self, dataset: RawDataset):
@@ -118,10 +123,40 @@ class LoadCased:
         if case is None:
             case = self.dataset.read_case(files)
         data["case_id"] = case.case_id
+        data["spacing"] = torch.tensor([float(v) for v in case.spacing], dtype=torch.float64)
         data["image"] = torch.from_numpy(np.ascontiguousarray(case.image))
         if case.label is not None:
             data["label"] = torch.from_numpy(case.label[None].astype(np.float32))
         return data
+
+
+def resampled_size(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> list[int]:
+    """nnU-Net's new shape for a resampling: ``round(spacing / target * size)`` per axis."""
+    return [max(1, int(round(float(s) / float(t) * int(n)))) for s, t, n in zip(spacing, target, shape)]
+
+
+def resample(x: torch.Tensor, size: Sequence[int], label: bool = False) -> torch.Tensor:
+    """``(C, *spatial)`` resampled to ``size``: linear for images and logits, nearest for labels."""
+    if list(x.shape[1:]) == [int(v) for v in size]:
+        return x
+    mode = "nearest" if label else ("bilinear" if x.ndim == 3 else "trilinear")
+    kwargs = {} if label else {"align_corners": False}
+    return F.interpolate(x[None].float(), size=[int(v) for v in size], mode=mode, **kwargs)[0]
+
+
+class ResampleToSpacingd:
+    """Resample ``"image"`` (linear) and ``"label"`` (nearest) from the case's ``"spacing"`` to ``spacing``."""
+
+    def __init__(self, spacing: Sequence[float]):
+        self.spacing = [float(v) for v in spacing]
+
+    def __call__(self, data: dict) -> dict:
+        size = resampled_size(data["image"].shape[1:], data["spacing"].tolist(), self.spacing)
+        out = dict(data, image=resample(data["image"], size))
+        if "label" in data:
+            out["label"] = resample(data["label"], size, label=True)
+        out["spacing"] = torch.tensor(self.spacing, dtype=torch.float64)
+        return out
 
 
 class LabelToRegionsd:
@@ -247,7 +282,8 @@ def normalizer(normalization):
 
 
 def make_transforms(ds: RawDataset, train: bool, patch_size: Sequence[int] | None = None,
-                    augment: bool = True, sampling: str | None = None, normalization: str | None = None):
+                    augment: bool = True, sampling: str | None = None, normalization: str | None = None,
+                    spacing: Sequence[float] | None = None):
     """The MONAI ``Compose`` used by :func:`make_loader`.
 
     Args:
@@ -260,6 +296,7 @@ def make_transforms(ds: RawDataset, train: bool, patch_size: Sequence[int] | Non
             (``"foreground"`` for datasets outside it).
         normalization: ``"zscore"``, ``"zscore_nonzero"``, ``"nnunet"`` or per-channel dicts
             (:class:`ChannelNormalized`); default from the registry.
+        spacing: resample every case to this spacing first (:class:`ResampleToSpacingd`).
     """
     info = ds.info
     normalization = resolved_normalization(ds, normalization)
@@ -270,6 +307,8 @@ def make_transforms(ds: RawDataset, train: bool, patch_size: Sequence[int] | Non
     normalize = normalizer(normalization)
     both = ["image", "label"]
     steps: list = [LoadCased(ds)]
+    if spacing is not None:
+        steps.append(ResampleToSpacingd(spacing))
     if train:
         if patch_size is None:
             raise ValueError("patch_size is required for training transforms")
@@ -313,7 +352,8 @@ def make_transforms(ds: RawDataset, train: bool, patch_size: Sequence[int] | Non
 def make_dataset(dataset: RawDataset | str | os.PathLike, split: str = "train", fold: int | str = 0,
                  patch_size: Sequence[int] | None = None, seed: int = 0, augment: bool | None = None,
                  sampling: str | None = None, normalization: str | None = None, cache: bool = False,
-                 splits: list[dict] | None = None, root: str | os.PathLike | None = None):
+                 splits: list[dict] | None = None, root: str | os.PathLike | None = None,
+                 spacing: Sequence[float] | None = None):
     """The MONAI dataset behind :func:`make_loader` (same arguments)."""
     ds = open_dataset(dataset, root)
     cases = split_cases(ds, split, fold, splits)
@@ -326,7 +366,7 @@ def make_dataset(dataset: RawDataset | str | os.PathLike, split: str = "train", 
         patch_size = patch_size or default_patch_size(ds)
     transform = make_transforms(ds, train=patch_size is not None, patch_size=patch_size,
                                 augment=train if augment is None else augment,
-                                sampling=sampling, normalization=normalization)
+                                sampling=sampling, normalization=normalization, spacing=spacing)
     transform.set_random_state(seed=seed)
     if cache:
         return CachedRawCaseDataset(items, transform, cache_rate=1.0, num_workers=0, progress=False)
@@ -412,7 +452,7 @@ def make_loader(dataset: RawDataset | str | os.PathLike, split: str = "train", f
                 num_workers: int = 0, augment: bool | None = None, samples_per_epoch: int | None = None,
                 sampling: str | None = None, normalization: str | None = None, cache: bool = False,
                 splits: list[dict] | None = None, root: str | os.PathLike | None = None,
-                rank: int = 0, world_size: int = 1):
+                rank: int = 0, world_size: int = 1, spacing: Sequence[float] | None = None):
     """A deterministic ``torch`` DataLoader over one split of one fold.
 
     Args:
@@ -440,13 +480,14 @@ def make_loader(dataset: RawDataset | str | os.PathLike, split: str = "train", f
         root: dataset root for name look-ups.
         rank, world_size: this process and the number of processes (training;
             see :class:`EpochSampler`).
+        spacing: resample every case to this spacing (the config's ``resample``).
 
     Returns:
         A MONAI ``DataLoader`` yielding dicts ``image``, ``label``, ``case_id``
         (see the module docstring for shapes and dtypes).
     """
     data = make_dataset(dataset, split, fold, patch_size, seed, augment, sampling, normalization, cache,
-                        splits, root)
+                        splits, root, spacing)
     generator = torch.Generator().manual_seed(int(seed))
     if split != "train":
         return DataLoader(data, batch_size=1 if patch_size is None else batch_size, shuffle=False,

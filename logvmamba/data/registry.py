@@ -70,6 +70,8 @@ class DatasetInfo:
         user: a user dataset (not one of the four); its ``patch_size`` is None
             (planned from its fingerprint) and ``normalization`` is ``"nnunet"``
             (per channel name, as nnU-Net v2 normalises).
+        target_spacing: a user dataset's planned spacing (array axes), once planned;
+            the config's ``resample: true`` trains and predicts at it.
     """
 
     key: str
@@ -101,6 +103,7 @@ class DatasetInfo:
     alt_nnunet_names: tuple[str, ...] = ()
     instance_labels: bool = False
     user: bool = False
+    target_spacing: tuple[float, ...] | None = None
 
     def __hash__(self) -> int:
         return hash(self.key)
