@@ -40,7 +40,9 @@ SIZES = {
     ("umamba_enc_test", 2): (16, 16),
     # float16 convolutions have no fast CPU kernel; the smallest map each network takes.
     ("nnunet_test", 3): (16, 16, 8),
-    ("segresnet_test", 3): (16, 16, 8),
+    # SegResNet's deepest GroupNorm at 16x16x8 sees 2 voxels per group: its bfloat16 gradients
+    # overflowed there once in CI (down_layers.3.1.conv2); 4x4x2 at the bottleneck is a real map.
+    ("segresnet_test", 3): (32, 32, 16),
     ("umamba_bot_test", 3): (16, 16, 8),
     ("umamba_enc_test", 3): (16, 16, 8),
     # The LoG U-Mamba-Enc strides 16 in every axis and needs more than one bottleneck voxel.
