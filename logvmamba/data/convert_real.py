@@ -74,7 +74,7 @@ import numpy as np
 
 from logvmamba.data.errors import DatasetError
 from logvmamba.data.formats import (
-    affine_spacing, save_instance_mask, save_nifti, save_tiff, staged_dataset_dir, write_dataset_json,
+    affine_spacing, read_tiff, save_instance_mask, save_nifti, save_tiff, staged_dataset_dir, write_dataset_json,
 )
 from logvmamba.data.labels import instance_to_semantic
 from logvmamba.data.sources import SOURCES, fetch, provenance, source_file
@@ -134,10 +134,8 @@ def _dataset_json(source: str, folder: Path, name: str, labels: dict, channel: s
 
 
 def _read_tiff(path: Path) -> np.ndarray:
-    import tifffile
-
     try:
-        return np.asarray(tifffile.imread(str(path)))
+        return read_tiff(path)
     except Exception as err:
         raise DatasetError(path, f"cannot read TIFF: {type(err).__name__}: {err}") from None
 

@@ -34,6 +34,7 @@ __all__ = [
     "channel_files",
     "read_image_file",
     "read_instance_file",
+    "read_tiff",
     "save_png",
     "save_nifti",
     "save_image_file",
@@ -94,8 +95,8 @@ def channel_files(folder: str | os.PathLike, ending: str) -> dict[str, dict[int,
     return cases
 
 
-def _read_tiff(path: Path) -> np.ndarray:
-    """A TIFF's first series (tifffile)."""
+def read_tiff(path: Path) -> np.ndarray:
+    """A TIFF's first series (tifffile), values and dtype as stored."""
     import tifffile
 
     return np.asarray(tifffile.imread(str(path)))
@@ -141,7 +142,7 @@ def read_image_file(path: str | os.PathLike, kind: str = "image") -> tuple[np.nd
             array = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
             meta = {"spacing": (1.0, 1.0), "affine": None, "header": None}
         elif ending in (".tif", ".tiff"):
-            array = _tiff_channels_first(path, _read_tiff(path), kind)
+            array = _tiff_channels_first(path, read_tiff(path), kind)
             meta = {"spacing": (1.0, 1.0), "affine": None, "header": None}
         elif ending in (".nii.gz", ".nii"):
             import nibabel as nib
@@ -176,7 +177,7 @@ def read_instance_file(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise DatasetError(path, "instance mask file missing")
     try:
-        array = _read_tiff(path)
+        array = read_tiff(path)
     except Exception as err:
         raise DatasetError(path, f"cannot read instance mask (corrupt or not a tiff): "
                                  f"{type(err).__name__}: {err}") from None

@@ -59,7 +59,6 @@ from typing import Sequence
 import monai.transforms as mt
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.data import CacheDataset, DataLoader, Dataset
 
 from logvmamba.data.errors import DatasetError
@@ -140,8 +139,8 @@ def resample(x: torch.Tensor, size: Sequence[int], label: bool = False) -> torch
     if list(x.shape[1:]) == [int(v) for v in size]:
         return x
     mode = "nearest" if label else ("bilinear" if x.ndim == 3 else "trilinear")
-    kwargs = {} if label else {"align_corners": False}
-    return F.interpolate(x[None].float(), size=[int(v) for v in size], mode=mode, **kwargs)[0]
+    resize = mt.Resize([int(v) for v in size], mode=mode, align_corners=None if label else False)
+    return torch.as_tensor(resize(x.float()), dtype=torch.float32)
 
 
 class ResampleToSpacingd:
