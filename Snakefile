@@ -46,12 +46,14 @@ localrules:
     stats,
     tables,
     plot_efficiency,
+    plot_ranks,
 
 
 rule all_tables:
     input:
         tables=rules.tables.output,
         figures=rules.plot_efficiency.output,
+        ranks=rules.plot_ranks.output,
 
 
 rule all_metrics:
@@ -73,6 +75,7 @@ rule all:
     input:
         tables=rules.tables.output,
         figures=rules.plot_efficiency.output,
+        ranks=rules.plot_ranks.output,
         parameters=rules.summarize_models.output.csv,
 
 

@@ -18,6 +18,12 @@ github.com/MIC-DKFZ/dynamic-network-architectures.
   encoder and in each decoder stage; conv bias, instance norm (eps 1e-5, affine),
   LeakyReLU (0.01, inplace), no dropout, He init (0.01), deep supervision.
 
+With ``residual_encoder`` it plans the ``ResidualEncoderUNet`` of nnU-Net's ResEnc presets
+(Isensee et al., "nnU-Net Revisited", MICCAI 2024, https://arxiv.org/abs/2404.09556;
+``ResEncUNetPlanner`` and ``nnUNetPlannerResEncM`` / ``L``): the same pooling, kernels and
+widths, ``RESENC_BLOCKS_PER_STAGE[:n_stages]`` residual blocks per encoder stage and one conv
+per decoder stage (:mod:`baselines.resenc` builds it).
+
 The planner's search for the patch itself (median image shape, GPU-memory target) is
 not repeated: the patch is an input, as in a plans file.
 """
@@ -31,7 +37,16 @@ import torch.nn as nn
 
 from logvmamba.registry import register_model
 
-__all__ = ["UNetPlan", "build_plain_unet", "get_pool_and_conv_props", "nnunet", "nnunet_test", "plan_unet"]
+__all__ = [
+    "RESENC_BLOCKS_PER_STAGE", "RESENC_CONVS_PER_DECODER_STAGE", "UNetPlan", "build_plain_unet",
+    "get_pool_and_conv_props", "nnunet", "nnunet_test", "plan_for_patch", "plan_unet", "stage_layout",
+]
+
+#: residual blocks per encoder stage of nnU-Net's ResEnc planners (``UNet_blocks_per_stage_encoder``
+#: of ``ResEncUNetPlanner``, nnunetv2 2.8.1), cut to the number of stages
+RESENC_BLOCKS_PER_STAGE = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)
+#: convs per decoder stage of the ResEnc planners (``UNet_blocks_per_stage_decoder``)
+RESENC_CONVS_PER_DECODER_STAGE = 1
 
 
 @dataclass(frozen=True)
@@ -45,6 +60,9 @@ class UNetPlan:
     features: tuple[int, ...]
     n_conv_per_stage: tuple[int, ...]
     n_conv_per_stage_decoder: tuple[int, ...]
+    #: residual blocks per encoder stage of a ``ResidualEncoderUNet``; empty for a ``PlainConvUNet``
+    #: (whose encoder has ``n_conv_per_stage`` plain convs, empty in turn for the residual one)
+    n_blocks_per_stage: tuple[int, ...] = ()
 
     @property
     def n_stages(self) -> int:
@@ -101,6 +119,43 @@ def get_pool_and_conv_props(
     return tuple(pools), tuple(strides), tuple(kernels), padded, divisor
 
 
+def stage_layout(
+    n_stages: int,
+    spatial_dims: int,
+    *,
+    base_features: int = 32,
+    max_features: int | None = None,
+    n_conv_per_stage: int = 2,
+    residual_encoder: bool = False,
+) -> dict[str, tuple[int, ...]]:
+    """Widths and convs (or residual blocks) per stage of an nnU-Net U-Net with ``n_stages`` stages.
+
+    Returns:
+        :class:`UNetPlan`'s ``features``, ``n_conv_per_stage``, ``n_conv_per_stage_decoder`` and
+        ``n_blocks_per_stage``: ``min(base * 2 ** i, max)`` features (``max`` 512 in 2D, 320 in
+        3D by default); ``n_conv_per_stage`` convs per encoder and decoder stage, or with
+        ``residual_encoder`` the ResEnc planners' blocks and one conv per decoder stage.
+
+    Examples::
+
+        >>> stage_layout(5, 3, residual_encoder=True)["n_blocks_per_stage"]
+        (1, 3, 4, 6, 6)
+    """
+    max_features = (512 if spatial_dims == 2 else 320) if max_features is None else max_features
+    if max_features < base_features:
+        raise ValueError(f"max_features {max_features} is below base_features {base_features}")
+    if residual_encoder and n_stages > len(RESENC_BLOCKS_PER_STAGE):
+        raise ValueError(f"{n_stages} stages: the ResEnc planners set blocks for at most "
+                         f"{len(RESENC_BLOCKS_PER_STAGE)}")
+    decoder_convs = RESENC_CONVS_PER_DECODER_STAGE if residual_encoder else n_conv_per_stage
+    return {
+        "features": tuple(min(max_features, base_features * 2**i) for i in range(n_stages)),
+        "n_conv_per_stage": () if residual_encoder else (n_conv_per_stage,) * n_stages,
+        "n_conv_per_stage_decoder": (decoder_convs,) * (n_stages - 1),
+        "n_blocks_per_stage": RESENC_BLOCKS_PER_STAGE[:n_stages] if residual_encoder else (),
+    }
+
+
 def plan_unet(
     img_size: Sequence[int],
     spacing: Sequence[float] | None = None,
@@ -110,6 +165,7 @@ def plan_unet(
     max_features: int | None = None,
     n_conv_per_stage: int = 2,
     min_feature_map_size: int = 4,
+    residual_encoder: bool = False,
 ) -> UNetPlan:
     """The U-Net nnU-Net v2 plans for a patch (2D or 3d_fullres configuration).
 
@@ -121,6 +177,7 @@ def plan_unet(
             defaults to nnU-Net's 512 (2D) / 320 (3D).
         n_conv_per_stage: convs per encoder stage and per decoder stage.
         min_feature_map_size: smallest bottleneck edge (nnU-Net: 4).
+        residual_encoder: plan the ResEnc presets' ``ResidualEncoderUNet`` (see :func:`stage_layout`).
 
     Examples::
 
@@ -128,6 +185,8 @@ def plan_unet(
         (32, 64, 128, 256, 512, 512, 512)
         >>> plan_unet((20, 256, 224), spacing=(5.0, 1.5625, 1.5625)).strides[:3]
         ((1, 1, 1), (1, 2, 2), (2, 2, 2))
+        >>> plan_unet((128, 128, 128), residual_encoder=True).n_blocks_per_stage
+        (1, 3, 4, 6, 6, 6)
     """
     size = tuple(int(s) for s in img_size)
     spatial_dims = len(size) if spatial_dims is None else spatial_dims
@@ -143,20 +202,23 @@ def plan_unet(
             f"base_features {base_features}, n_conv_per_stage {n_conv_per_stage} and "
             f"min_feature_map_size {min_feature_map_size} must be positive"
         )
-    max_features = (512 if spatial_dims == 2 else 320) if max_features is None else max_features
-    if max_features < base_features:
-        raise ValueError(f"max_features {max_features} is below base_features {base_features}")
     _, strides, kernels, padded, _ = get_pool_and_conv_props(spacing, size, min_feature_map_size)
-    n = len(strides)
-    return UNetPlan(
-        patch_size=padded,
-        spacing=spacing,
-        kernel_sizes=kernels,
-        strides=strides,
-        features=tuple(min(max_features, base_features * 2**i) for i in range(n)),
-        n_conv_per_stage=(n_conv_per_stage,) * n,
-        n_conv_per_stage_decoder=(n_conv_per_stage,) * (n - 1),
-    )
+    layout = stage_layout(len(strides), spatial_dims, base_features=base_features, max_features=max_features,
+                          n_conv_per_stage=n_conv_per_stage, residual_encoder=residual_encoder)
+    return UNetPlan(patch_size=padded, spacing=spacing, kernel_sizes=kernels, strides=strides, **layout)
+
+
+def plan_for_patch(model: str, img_size: Sequence[int], spacing: Sequence[float] | None = None,
+                   spatial_dims: int | None = None, **plan_kwargs) -> UNetPlan:
+    """:func:`plan_unet` for the patch a network trains with, which must already be planned (a multiple
+    of the total stride); otherwise the error, naming ``model``, gives the patch nnU-Net pads it to."""
+    plan = plan_unet(img_size, spacing, spatial_dims, **plan_kwargs)
+    if tuple(int(s) for s in img_size) != plan.patch_size:
+        raise ValueError(
+            f"{model}: img_size {tuple(img_size)} is not a multiple of the planned total stride {plan.divisor}; "
+            f"nnU-Net's planner pads it to {plan.patch_size}"
+        )
+    return plan
 
 
 def build_plain_unet(
@@ -190,13 +252,7 @@ def build_plain_unet(
 
     if in_channels < 1 or out_channels < 1:
         raise ValueError(f"in_channels {in_channels} and out_channels {out_channels} must be positive")
-    plan = plan_unet(img_size, spacing, spatial_dims, **plan_kwargs)
-    size = tuple(int(s) for s in img_size)
-    if size != plan.patch_size:
-        raise ValueError(
-            f"nnunet: img_size {tuple(img_size)} is not a multiple of the planned total stride {plan.divisor}; "
-            f"nnU-Net's planner pads it to {plan.patch_size}"
-        )
+    plan = plan_for_patch("nnunet", img_size, spacing, spatial_dims, **plan_kwargs)
     net = PlainConvUNet(
         input_channels=in_channels,
         n_stages=plan.n_stages,

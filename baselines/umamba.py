@@ -25,6 +25,11 @@ U-Mamba differ in the network, selected by ``version``:
 
 The Mamba layer is LayerNorm -> standard Mamba (d_state 16, d_conv 4, expand 2), no
 residual, float32 with autocast off (:class:`logvmamba.models.mamba_layer.MambaLayer`).
+
+``mixer="none"`` is the No-Mamba control of nnU-Net Revisited (Isensee et al. 2024,
+https://arxiv.org/abs/2404.09556; its "No-Mamba Base" is U-Mamba-Bot without the
+Mamba layer): every Mamba layer, with its LayerNorm, is ``nn.Identity``, which leaves
+exactly the residual U-Net around it (the layer has no residual of its own).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from logvmamba.registry import register_model
 __all__ = ["UMamba", "umamba_bot", "umamba_bot_test", "umamba_enc", "umamba_enc_test"]
 
 MAMBA_PLACEMENTS = ("bot", "enc")
+MAMBA_MIXERS = ("mamba", "none")  # "none": the No-Mamba control
 VERSIONS = (1, 2)
 
 
@@ -126,6 +132,8 @@ class UMamba(nn.Module):
             is derived from it, and each side must be divisible by the total stride.
         mamba: ``bot`` (one Mamba layer at the bottleneck) or ``enc`` (after encoder
             stages).
+        mixer: ``mamba`` (U-Mamba) or ``none``: the No-Mamba control, every Mamba
+            layer replaced by the identity and the rest of the network unchanged.
         version: 1 (the release the published table measured) or 2 (the later
             per-dimension release); see the module docstring.
         spacing: voxel spacing for the plan (isotropic when None).
@@ -146,6 +154,7 @@ class UMamba(nn.Module):
         >>> net3d = UMamba(3, 4, 3, (32, 32, 32), mamba="enc", version=2)
         >>> net3d(torch.randn(1, 4, 32, 32, 32)).shape
         torch.Size([1, 3, 32, 32, 32])
+        >>> no_mamba = UMamba(2, 3, 8, (64, 96), mamba="bot", mixer="none")  # nnU-Net Revisited's No-Mamba Base
     """
 
     def __init__(
@@ -155,6 +164,7 @@ class UMamba(nn.Module):
         out_channels: int,
         img_size: Sequence[int],
         mamba: str = "bot",
+        mixer: str = "mamba",
         version: int = 1,
         spacing: Sequence[float] | None = None,
         features: Sequence[int] | None = None,
@@ -174,6 +184,8 @@ class UMamba(nn.Module):
             raise ValueError(f"{name}: spatial_dims must be 2 or 3, got {spatial_dims!r}")
         if mamba not in MAMBA_PLACEMENTS:
             raise ValueError(f"{name}: mamba {mamba!r} is not one of {MAMBA_PLACEMENTS}")
+        if mixer not in MAMBA_MIXERS:
+            raise ValueError(f"{name}: mixer {mixer!r} is not one of {MAMBA_MIXERS} (none: the No-Mamba control)")
         if version not in VERSIONS:
             raise ValueError(f"{name}: version {version!r} is not one of {VERSIONS}")
         for label, count in (("in_channels", in_channels), ("out_channels", out_channels)):
@@ -222,6 +234,7 @@ class UMamba(nn.Module):
                 f"{tuple(dec_blocks)} {n - 1}, all >= 1"
             )
         self.version, self.mamba_placement, self.deep_supervision = version, mamba, deep_supervision
+        self.mixer = mixer
         self.features, self.strides, self.kernel_sizes = features, tuple(strides), tuple(kernels)
         self.encoder_blocks, self.decoder_blocks = tuple(enc_blocks), tuple(dec_blocks)
         dims = spatial_dims
@@ -254,8 +267,9 @@ class UMamba(nn.Module):
         for s in range(n):
             pixels = math.prod(grids[s])
             as_channels = version == 2 and mamba == "enc" and pixels <= features[s]
-            self.channel_token.append(as_channels and s in with_mamba)
-            if s not in with_mamba:
+            has_layer = s in with_mamba and mixer == "mamba"
+            self.channel_token.append(as_channels and has_layer)
+            if not has_layer:
                 self.mamba_layers.append(nn.Identity())
                 continue
             width = pixels if as_channels else features[s]

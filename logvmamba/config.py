@@ -31,7 +31,7 @@ import yaml
 
 __all__ = [
     "load_config", "resolve_recipe", "validate_config", "model_arch", "model_spec", "model_label", "supports",
-    "check_models", "config_models", "ablation_models", "run_grid", "ConfigError", "ROOT", "SCHEMA", "RECIPES",
+    "check_models", "config_models", "ablation_models", "run_grid", "config_folds", "evaluate_on", "ConfigError", "ROOT", "SCHEMA", "RECIPES",
     "dataset_recipe", "weight_recipe", "INFERENCE_KEYS", "register_datasets", "planned_patch", "planned_spacing", "fitting_patch", "PACKAGED",
 ]
 
@@ -174,8 +174,24 @@ def config_models(config: Mapping) -> list[str]:
     return list(dict.fromkeys(list(config["models"]) + ablation_models(config)))
 
 
-def run_grid(config: Mapping, dataset: str | None = None, ablations: bool = True) -> list[tuple[str, str, int]]:
-    """(dataset, model, seed) of every configured run: the models on the datasets, the
+def config_folds(config: Mapping) -> list[int]:
+    """The folds every model trains on: ``folds``, else ``[fold]``, else ``[0]``."""
+    folds = config.get("folds")
+    if folds is None:
+        folds = [config.get("fold", 0)]
+    return [int(f) for f in folds]
+
+
+def evaluate_on(config: Mapping, dataset: str) -> str:
+    """``protocol`` or ``validation``: which cases the runs on ``dataset`` score (schema ``evaluate_on``)."""
+    setting = config.get("evaluate_on", "protocol")
+    if isinstance(setting, Mapping):
+        setting = setting.get(dataset, setting.get("default", "protocol"))
+    return setting
+
+
+def run_grid(config: Mapping, dataset: str | None = None, ablations: bool = True) -> list[tuple[str, str, int, int]]:
+    """(dataset, model, fold, seed) of every configured run: the models on the datasets, the
     ablation variants on the ablation datasets; only models that fit the dataset's dims."""
     from logvmamba.data import get_info
 
@@ -184,9 +200,10 @@ def run_grid(config: Mapping, dataset: str | None = None, ablations: bool = True
         datasets = (config.get("ablations") or {}).get("datasets", config["datasets"])
         pairs += [(d, m) for d in datasets for m in ablation_models(config)]
     return [
-        (key, model, seed)
+        (key, model, fold, seed)
         for key, model in dict.fromkeys(pairs)
         if dataset in (None, key) and supports(config, model, get_info(key).spatial_dims)
+        for fold in config_folds(config)
         for seed in config["seeds"]
     ]
 
@@ -242,7 +259,11 @@ def resolve_recipe(config: Mapping, model: str, ds) -> dict:
     """The complete training recipe of ``model`` on dataset ``ds`` (a RawDataset)."""
     key = ds.info.key if ds.info is not None else ds.name
     patch = config.get("patch_size", {}).get(key)
-    if patch is None and ds.info is not None and ds.info.user:
+    planner = _merged_recipe(config, model, key).get("planner") if ds.info is not None else None
+    if patch is None and planner is not None and not ds.is_synthetic:
+        # a recipe with its own planner (nnU-Net ResEnc M / L) trains at that planner's patch on real data
+        patch = planned_patch(ds, planner)
+    elif patch is None and ds.info is not None and ds.info.user:
         patch = planned_patch(ds)
     if patch is None:
         from logvmamba.data.loading import default_patch_size
@@ -254,9 +275,10 @@ def resolve_recipe(config: Mapping, model: str, ds) -> dict:
     return recipe
 
 
-def planned_patch(ds) -> list[int]:
-    """nnU-Net v2's planned patch of a dataset (``3d_fullres`` for 3D, ``2d`` for 2D), in our array axes."""
-    return [int(p) for p in _planned(ds)["patch_size"]]
+def planned_patch(ds, planner: str | None = None) -> list[int]:
+    """nnU-Net v2's planned patch of a dataset (``3d_fullres`` for 3D, ``2d`` for 2D), in our array axes;
+    ``planner``: a key of :data:`logvmamba.planning.PLANNERS` (default nnU-Net's ``ExperimentPlanner``)."""
+    return [int(p) for p in _planned(ds, planner)["patch_size"]]
 
 
 def planned_spacing(ds) -> list[float]:
@@ -264,11 +286,11 @@ def planned_spacing(ds) -> list[float]:
     return [float(s) for s in _planned(ds)["spacing"]]
 
 
-def _planned(ds) -> dict:
+def _planned(ds, planner: str | None = None) -> dict:
     from logvmamba.data.fingerprint import dataset_fingerprint
-    from logvmamba.planning import in_array_axes, plan
+    from logvmamba.planning import DEFAULT_PLANNER, in_array_axes, plan
 
-    configurations = plan(dataset_fingerprint(ds))["configurations"]
+    configurations = plan(dataset_fingerprint(ds), planner=planner or DEFAULT_PLANNER)["configurations"]
     name = "3d_fullres" if ds.spatial_dims == 3 else "2d"
     if name not in configurations:
         raise ConfigError(f"{ds.path}: nnU-Net's planner gives no {name} configuration (the median image has one "

@@ -57,9 +57,15 @@ def write_splits(marker: str | os.PathLike, out: str | os.PathLike) -> Path:
     return atomic_write_text(out, json.dumps(splits, indent=4) + "\n")
 
 
-def evaluation_cases(ds: RawDataset, fold: int) -> list[str]:
-    """The held-out test cases of the protocol (imagesTs, or BraTS' held-out fold); else the fold's val."""
-    cases = split_case_ids(ds, "test", fold)
+EVALUATE_ON = ("protocol", "validation")
+
+
+def evaluation_cases(ds: RawDataset, fold: int, evaluate_on: str = "protocol") -> list[str]:
+    """The cases a run scores. ``protocol``: the held-out test cases (imagesTs, or BraTS' held-out
+    fold), else the fold's validation cases; ``validation``: the fold's validation cases."""
+    if evaluate_on not in EVALUATE_ON:
+        raise ValueError(f"evaluate_on {evaluate_on!r} is not one of {EVALUATE_ON}")
+    cases = split_case_ids(ds, "test", fold) if evaluate_on == "protocol" else []
     return cases or split_case_ids(ds, "val", fold)
 
 
@@ -72,8 +78,10 @@ def train_run(config: Mapping, model: str, marker, out_dir, seed: int, fold: int
     return train(resolve_recipe(config, model, ds), ds.path, out_dir, seed=seed, fold=fold, restart_stale=True)
 
 
-def predict_run(marker, checkpoint, out_dir, fold: int, tta: bool | None = None, overlap: float | None = None) -> list[Path]:
-    """Predict the held-out cases into ``out_dir``; ``tta`` / ``overlap`` default to the checkpoint's."""
+def predict_run(marker, checkpoint, out_dir, fold: int, tta: bool | None = None, overlap: float | None = None,
+                evaluate_on: str = "protocol") -> list[Path]:
+    """Predict the scored cases (:func:`evaluation_cases`) into ``out_dir``; ``tta`` / ``overlap``
+    default to the checkpoint's."""
     from logvmamba.checkpoint import load_trained_model
     from logvmamba.infer import predict_dataset
 
@@ -84,19 +92,19 @@ def predict_run(marker, checkpoint, out_dir, fold: int, tta: bool | None = None,
     overlap = inference["overlap"] if overlap is None else overlap
     tmp = Path(str(out_dir) + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    paths = predict_dataset(model, ds, evaluation_cases(ds, fold), tmp, inference["patch_size"], overlap, tta,
+    paths = predict_dataset(model, ds, evaluation_cases(ds, fold, evaluate_on), tmp, inference["patch_size"], overlap, tta,
                             target_spacing=inference.get("target_spacing"))
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     return [Path(out_dir) / p.name for p in paths]
 
 
-def evaluate_run(marker, predictions, out_dir, fold: int) -> dict:
-    """Write ``summary.json`` and ``per_case.csv`` of the held-out cases into ``out_dir``."""
+def evaluate_run(marker, predictions, out_dir, fold: int, evaluate_on: str = "protocol") -> dict:
+    """Write ``summary.json`` and ``per_case.csv`` of the scored cases into ``out_dir``."""
     from logvmamba.evaluation import evaluate_folder
 
     ds = dataset_from_marker(marker)
-    return evaluate_folder(predictions, ds, out_dir, case_ids=evaluation_cases(ds, fold))
+    return evaluate_folder(predictions, ds, out_dir, case_ids=evaluation_cases(ds, fold, evaluate_on))
 
 
 def _cuda() -> bool:

@@ -2,8 +2,11 @@
 
 Paper: Isensee et al., "nnU-Net: a self-configuring method for deep learning-based
 biomedical image segmentation", Nature Methods 2021, https://doi.org/10.1038/s41592-020-01008-z;
-the rules are those of nnU-Net v2's ``ExperimentPlanner`` (not the ResEnc presets),
-github.com/MIC-DKFZ/nnUNet, ``nnunetv2/experiment_planning/experiment_planners``.
+the rules are those of nnU-Net v2's ``ExperimentPlanner``, github.com/MIC-DKFZ/nnUNet,
+``nnunetv2/experiment_planning/experiment_planners``, and of its ResEnc presets
+``nnUNetPlannerResEncM`` / ``nnUNetPlannerResEncL`` (Isensee et al., "nnU-Net Revisited",
+MICCAI 2024, https://arxiv.org/abs/2404.09556), chosen by :func:`plan`'s ``planner``
+(:data:`PLANNERS`).
 
 :func:`plan` takes a fingerprint (:func:`logvmamba.data.fingerprint.dataset_fingerprint`)
 and re-implements:
@@ -32,6 +35,13 @@ and re-implements:
   (re-computed) total stride and the topology is planned again;
 - **batch size**: ``round(reference / estimate * ref_bs)``, capped so that one batch covers
   at most 5% of the dataset's voxels (``median voxels * numTraining``), at least 2;
+- **ResEnc presets** (``nnUNetPlannerResEncM``, ``nnUNetPlannerResEncL``): the same rules for
+  a ``ResidualEncoderUNet`` (:func:`baselines.nnunet.stage_layout`: 1, 3, 4, 6, 6, ... residual
+  blocks per encoder stage, one conv per decoder stage), whose estimate adds the stem conv and
+  each block's two convs and its pooled / projected skip; references 135e6 (2D) / 680e6 (3D)
+  for 8 GB (M, default target 8 GB) and 380e6 / 2.1e9 for 24 GB (L, default 24 GB), scaled by
+  ``target / reference GB``; the patch shrinks while ``estimate > reference`` (no rescaling
+  to a batch of 2); the batch covers at most 100% of the dataset's voxels;
 - **normalisation** per channel name as nnU-Net maps it (``CT`` -> CTNormalization,
   ``noNorm``, ``zscore``, ``rescale_to_0_1``, ``rgb_to_0_1``, anything else
   ZScoreNormalization), the non-zero mask used for z-scoring when cropping removed
@@ -40,10 +50,12 @@ and re-implements:
 Fields and what nnU-Net writes in ``nnUNetPlans.json`` (``plans['configurations'][c]``):
 ``spacing``, ``patch_size``, ``batch_size``, ``normalization_schemes``,
 ``use_mask_for_norm`` under the same names; ``median_shape`` is
-``median_image_size_in_voxels``; ``pool_op_kernel_sizes``, ``conv_kernel_sizes``,
-``n_stages``, ``features_per_stage``, ``n_conv_per_stage``, ``n_conv_per_stage_decoder`` are
-``architecture.arch_kwargs.strides``, ``.kernel_sizes``, ``.n_stages``,
-``.features_per_stage``, ``.n_conv_per_stage``, ``.n_conv_per_stage_decoder``. All are in
+``median_image_size_in_voxels``; ``network_class_name`` is ``architecture.network_class_name``;
+``pool_op_kernel_sizes``, ``conv_kernel_sizes``, ``n_stages``, ``features_per_stage``,
+``n_conv_per_stage`` (plain U-Net) or ``n_blocks_per_stage`` (ResEnc), ``n_conv_per_stage_decoder``
+are ``architecture.arch_kwargs.strides``, ``.kernel_sizes``, ``.n_stages``,
+``.features_per_stage``, ``.n_conv_per_stage`` / ``.n_blocks_per_stage``,
+``.n_conv_per_stage_decoder``. All are in
 nnU-Net's transposed axis order (see :mod:`logvmamba.data.fingerprint` for how it maps to
 our arrays); ``array_axes[k]`` of a configuration is our array axis of its entry ``k``, and
 :func:`in_array_axes` reorders a configuration for our loaders. :func:`from_nnunet_plans`
@@ -52,7 +64,8 @@ therefore ``batch_dice`` (which depends on whether a ``3d_lowres`` exists).
 
 Command line::
 
-    python -m logvmamba.planning DATASET_DIR [--root ROOT] [--gpu-memory-gb 8] [--no-cache]
+    python -m logvmamba.planning DATASET_DIR [--root ROOT] [--planner nnUNetPlannerResEncM]
+        [--gpu-memory-gb 8] [--no-cache]
 
 prints the plans as JSON (the fingerprint is cached in ``DATASET_DIR/fingerprint.json``).
 """
@@ -63,12 +76,13 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from baselines.nnunet import UNetPlan, get_pool_and_conv_props
+from baselines.nnunet import UNetPlan, get_pool_and_conv_props, stage_layout
 from logvmamba.data.errors import DatasetError
 from logvmamba.data.fingerprint import normalization_schemes
 
@@ -80,6 +94,9 @@ __all__ = [
     "MIN_BATCH_SIZE",
     "MAX_DATASET_COVERED",
     "CONFIGURATIONS",
+    "DEFAULT_PLANNER",
+    "PLANNERS",
+    "Planner",
     "target_spacing",
     "transpose_axes",
     "resampled_shape",
@@ -101,12 +118,61 @@ REFERENCE_BATCH_SIZE = {2: 12, 3: 2}
 REFERENCE_GPU_MEMORY_GB = 8
 MIN_BATCH_SIZE = 2
 MAX_DATASET_COVERED = 0.05
-BASE_FEATURES = 32
-MAX_FEATURES = {2: 512, 3: 320}
-CONVS_PER_STAGE = 2
 MIN_FEATURE_MAP_SIZE = 4
 INITIAL_PATCH_EDGE = {2: 2048, 3: 256}
 CONFIGURATIONS = ("2d", "3d_fullres")
+_NETWORKS = "dynamic_network_architectures.architectures.unet."
+
+
+@dataclass(frozen=True)
+class Planner:
+    """What distinguishes one of nnU-Net v2's experiment planners (nnunetv2 2.8.1 attribute names in brackets).
+
+    Attributes:
+        name: the planner's class name (``experiment_planner_used`` of its plans).
+        plans_name: its plans identifier (``nnUNetPlans``, ``nnUNetResEncUNetMPlans``, ...).
+        residual_encoder: plans a ``ResidualEncoderUNet`` instead of a ``PlainConvUNet`` (``UNet_class``).
+        reference_feature_map_size: per spatial dims, the estimate that fits ``reference_gpu_memory_gb``
+            (``UNet_reference_val_2d`` / ``_3d``).
+        reference_gpu_memory_gb: the GPU memory those references are for (``UNet_reference_val_corresp_GB``).
+        gpu_memory_target_gb: the default target (``gpu_memory_target_in_gb``).
+        max_dataset_covered: the largest fraction of the dataset's voxels in one batch.
+        estimate_at_min_batch: shrink the patch while the estimate rescaled from the reference batch
+            to a batch of 2 is over the reference (the default planner), else while the estimate is.
+    """
+
+    name: str
+    plans_name: str
+    residual_encoder: bool
+    reference_feature_map_size: Mapping[int, float]
+    reference_gpu_memory_gb: float
+    gpu_memory_target_gb: float
+    max_dataset_covered: float
+    estimate_at_min_batch: bool
+
+    @property
+    def network_class_name(self) -> str:
+        """The network nnU-Net builds from these plans, as its plans name it."""
+        return _NETWORKS + ("ResidualEncoderUNet" if self.residual_encoder else "PlainConvUNet")
+
+
+#: nnU-Net v2's planners by class name: the default and the ResEnc M / L presets
+PLANNERS = {p.name: p for p in (
+    Planner("ExperimentPlanner", "nnUNetPlans", False, REFERENCE_FEATURE_MAP_SIZE, REFERENCE_GPU_MEMORY_GB,
+            REFERENCE_GPU_MEMORY_GB, MAX_DATASET_COVERED, True),
+    Planner("nnUNetPlannerResEncM", "nnUNetResEncUNetMPlans", True, {2: 135_000_000, 3: 680_000_000}, 8, 8, 1.0,
+            False),
+    Planner("nnUNetPlannerResEncL", "nnUNetResEncUNetLPlans", True, {2: 380_000_000, 3: 2_100_000_000}, 24, 24, 1.0,
+            False),
+)}
+DEFAULT_PLANNER = "ExperimentPlanner"
+
+
+def _planner(name: str) -> Planner:
+    if name not in PLANNERS:
+        raise ValueError(f"planner {name!r} is not one of {', '.join(PLANNERS)}")
+    return PLANNERS[name]
+
 
 # ----------------------------------------------------------------------------
 # spacing, axes, shapes
@@ -170,23 +236,21 @@ def _pad_up(patch: Sequence[float], divisor: Sequence[int]) -> tuple[int, ...]:
     return tuple(out)
 
 
-def unet_topology(spacing: Sequence[float], patch: Sequence[float]) -> UNetPlan:
-    """The plain U-Net nnU-Net's planner builds for a (possibly fractional) patch.
+def unet_topology(spacing: Sequence[float], patch: Sequence[float], residual_encoder: bool = False) -> UNetPlan:
+    """The U-Net nnU-Net's planner builds for a (possibly fractional) patch.
 
-    Pooling and kernels come from :func:`baselines.nnunet.get_pool_and_conv_props`; the
-    patch is padded up to a multiple of the total stride as the planner pads it.
+    Pooling and kernels come from :func:`baselines.nnunet.get_pool_and_conv_props`, widths and
+    convs (or, with ``residual_encoder``, the ResEnc presets' blocks) from
+    :func:`baselines.nnunet.stage_layout`; the patch is padded up to a multiple of the total
+    stride as the planner pads it.
     """
-    dim = len(spacing)
     _, strides, kernels, _, divisor = get_pool_and_conv_props(spacing, patch, MIN_FEATURE_MAP_SIZE)
-    n = len(strides)
     return UNetPlan(
         patch_size=_pad_up(patch, divisor),
         spacing=tuple(float(s) for s in spacing),
         kernel_sizes=kernels,
         strides=strides,
-        features=tuple(min(MAX_FEATURES[dim], BASE_FEATURES * 2**i) for i in range(n)),
-        n_conv_per_stage=(CONVS_PER_STAGE,) * n,
-        n_conv_per_stage_decoder=(CONVS_PER_STAGE,) * (n - 1),
+        **stage_layout(len(strides), len(spacing), residual_encoder=residual_encoder),
     )
 
 
@@ -198,12 +262,25 @@ def feature_map_size(topology: UNetPlan, num_classes: int, deep_supervision: boo
     convolutions and its transposed convolution, ``(n_conv + 1) * features[s] * prod(size_s)``,
     and a segmentation head ``num_classes * prod(size_s)`` (the full-resolution one only,
     unless ``deep_supervision``). Input channels do not enter.
+
+    A residual encoder (``topology.n_blocks_per_stage``, dynamic-network-architectures'
+    ``ResidualEncoderUNet``) adds its stem conv, ``features[0] * prod(patch)``, and per stage
+    ``2 * n_blocks * features[s] * prod(size_s)`` plus ``features[s] * prod(size_s)`` for the
+    skip of a first block that changes the resolution or the width.
     """
-    sizes, size = [], [int(s) for s in topology.patch_size]
+    patch = [int(s) for s in topology.patch_size]
+    sizes, size = [], list(patch)
     for stride in topology.strides:
         size = [a // b for a, b in zip(size, stride)]
         sizes.append(int(np.prod(size, dtype=np.int64)))
-    total = sum(n * f * v for n, f, v in zip(topology.n_conv_per_stage, topology.features, sizes))
+    if topology.n_blocks_per_stage:
+        total = topology.features[0] * int(np.prod(patch, dtype=np.int64))
+        widths = (topology.features[0],) + tuple(topology.features)
+        for s, (n, f, v) in enumerate(zip(topology.n_blocks_per_stage, topology.features, sizes)):
+            skip = any(st != 1 for st in topology.strides[s]) or widths[s] != f
+            total += (2 * n + skip) * f * v
+    else:
+        total = sum(n * f * v for n, f, v in zip(topology.n_conv_per_stage, topology.features, sizes))
     for s, n in enumerate(topology.n_conv_per_stage_decoder):
         total += (n + 1) * topology.features[s] * sizes[s]
         if deep_supervision or s == 0:
@@ -216,19 +293,22 @@ def feature_map_size(topology: UNetPlan, num_classes: int, deep_supervision: boo
 # ----------------------------------------------------------------------------
 
 def plan_configuration(spacing: Sequence[float], median_shape: Sequence[float], num_voxels_dataset: float,
-                       num_classes: int, gpu_memory_target_gb: float = REFERENCE_GPU_MEMORY_GB) -> dict:
+                       num_classes: int, gpu_memory_target_gb: float | None = None,
+                       planner: str = DEFAULT_PLANNER) -> dict:
     """Patch, topology and batch size of one configuration (nnU-Net's ``get_plans_for_configuration``).
 
     Args:
         spacing: target spacing, 2 or 3 axes (transposed order).
         median_shape: median resampled shape, same axes.
-        num_voxels_dataset: ``prod(median 3D shape) * numTraining`` (for the 5% cap).
+        num_voxels_dataset: ``prod(median 3D shape) * numTraining`` (for the batch cap).
         num_classes: ``len(dataset.json labels)`` (background and regions each count one).
-        gpu_memory_target_gb: nnU-Net's ``gpu_memory_target_in_gb`` (8).
+        gpu_memory_target_gb: nnU-Net's ``gpu_memory_target_in_gb``; default the planner's (8, or 24 for L).
+        planner: a key of :data:`PLANNERS`.
 
     Returns:
-        ``spacing``, ``patch_size``, ``batch_size``, ``median_shape``, ``pool_op_kernel_sizes``,
-        ``conv_kernel_sizes``, ``n_stages``, ``features_per_stage``, ``n_conv_per_stage``,
+        ``spacing``, ``patch_size``, ``batch_size``, ``median_shape``, ``network_class_name``,
+        ``pool_op_kernel_sizes``, ``conv_kernel_sizes``, ``n_stages``, ``features_per_stage``,
+        ``n_conv_per_stage`` (plain U-Net) or ``n_blocks_per_stage`` (ResEnc),
         ``n_conv_per_stage_decoder``, ``feature_map_size`` (the memory estimate).
 
     Examples::
@@ -236,7 +316,11 @@ def plan_configuration(spacing: Sequence[float], median_shape: Sequence[float], 
         >>> p = plan_configuration((1.0, 1.0), (96, 128), 10 * 96 * 128, 8)
         >>> p["patch_size"], p["batch_size"], p["n_stages"]
         ([96, 128], 2, 5)
+        >>> plan_configuration((1.0, 1.0), (96, 128), 10 * 96 * 128, 8, planner="nnUNetPlannerResEncM")["batch_size"]
+        10
     """
+    spec = _planner(planner)
+    gpu_memory_target_gb = spec.gpu_memory_target_gb if gpu_memory_target_gb is None else gpu_memory_target_gb
     spacing = [float(s) for s in spacing]
     dim = len(spacing)
     if dim not in (2, 3) or len(median_shape) != dim:
@@ -248,11 +332,12 @@ def plan_configuration(spacing: Sequence[float], median_shape: Sequence[float], 
     scale = (INITIAL_PATCH_EDGE[dim] ** dim / np.prod(inverse)) ** (1 / dim)
     initial = [min(round(float(i)), m) for i, m in zip(inverse * scale, median)]
 
-    topology = unet_topology(spacing, initial)
+    residual = spec.residual_encoder
+    topology = unet_topology(spacing, initial, residual)
     estimate = feature_map_size(topology, num_classes)
-    reference = REFERENCE_FEATURE_MAP_SIZE[dim] * gpu_memory_target_gb / REFERENCE_GPU_MEMORY_GB
+    reference = spec.reference_feature_map_size[dim] * gpu_memory_target_gb / spec.reference_gpu_memory_gb
     ref_bs = REFERENCE_BATCH_SIZE[dim]
-    while estimate / ref_bs * 2 > reference:
+    while (estimate / ref_bs * MIN_BATCH_SIZE if spec.estimate_at_min_batch else estimate) > reference:
         patch = list(topology.patch_size)
         axis = int(np.argsort([p / m for p, m in zip(patch, median)])[-1])
         trial = list(patch)
@@ -262,22 +347,25 @@ def plan_configuration(spacing: Sequence[float], median_shape: Sequence[float], 
         if patch[axis] < 1:
             raise ValueError(f"no patch fits a GPU memory target of {gpu_memory_target_gb} GB "
                              f"(spacing {spacing}, median shape {median})")
-        topology = unet_topology(spacing, patch)
+        topology = unet_topology(spacing, patch, residual)
         estimate = feature_map_size(topology, num_classes)
 
     batch_size = round(reference / estimate * ref_bs)
-    cap = round(num_voxels_dataset * MAX_DATASET_COVERED / np.prod(topology.patch_size, dtype=np.float64))
+    cap = round(num_voxels_dataset * spec.max_dataset_covered / np.prod(topology.patch_size, dtype=np.float64))
     batch_size = max(min(batch_size, cap), MIN_BATCH_SIZE)
+    encoder = {"n_blocks_per_stage": list(topology.n_blocks_per_stage)} if residual \
+        else {"n_conv_per_stage": list(topology.n_conv_per_stage)}
     return {
         "spacing": spacing,
         "patch_size": list(topology.patch_size),
         "batch_size": int(batch_size),
         "median_shape": median,
+        "network_class_name": spec.network_class_name,
         "pool_op_kernel_sizes": [list(s) for s in topology.strides],
         "conv_kernel_sizes": [list(k) for k in topology.kernel_sizes],
         "n_stages": topology.n_stages,
         "features_per_stage": list(topology.features),
-        "n_conv_per_stage": list(topology.n_conv_per_stage),
+        **encoder,
         "n_conv_per_stage_decoder": list(topology.n_conv_per_stage_decoder),
         "feature_map_size": estimate,
     }
@@ -291,17 +379,20 @@ _FINGERPRINT_KEYS = ("spacings", "shapes_after_crop", "channel_names", "labels",
                      "median_relative_size_after_cropping")
 
 
-def plan(fingerprint: Mapping, gpu_memory_target_gb: float = REFERENCE_GPU_MEMORY_GB) -> dict:
-    """nnU-Net v2's default plans (``2d``, and ``3d_fullres`` for 3D data) from a fingerprint.
+def plan(fingerprint: Mapping, gpu_memory_target_gb: float | None = None, planner: str = DEFAULT_PLANNER) -> dict:
+    """nnU-Net v2's plans (``2d``, and ``3d_fullres`` for 3D data) from a fingerprint.
 
     Args:
         fingerprint: :func:`logvmamba.data.fingerprint.dataset_fingerprint`'s dict (or one
             with at least ``spacings``, ``shapes_after_crop``, ``channel_names``, ``labels``,
             ``num_training``, ``median_relative_size_after_cropping``).
-        gpu_memory_target_gb: the planner's GPU memory target (nnU-Net default 8).
+        gpu_memory_target_gb: the planner's GPU memory target; default the planner's own
+            (8 GB; 24 GB for ``nnUNetPlannerResEncL``).
+        planner: a key of :data:`PLANNERS`: ``ExperimentPlanner`` (nnU-Net's default),
+            ``nnUNetPlannerResEncM`` or ``nnUNetPlannerResEncL``.
 
     Returns:
-        ``{"dataset_name", "planner", "gpu_memory_target_gb", "transpose_forward",
+        ``{"dataset_name", "planner", "plans_name", "gpu_memory_target_gb", "transpose_forward",
         "transpose_backward", "original_median_spacing_after_transp",
         "original_median_shape_after_transp", "foreground_intensity_properties_per_channel",
         "configurations": {"2d": {...}, "3d_fullres": {...}}}``; each configuration as
@@ -309,8 +400,11 @@ def plan(fingerprint: Mapping, gpu_memory_target_gb: float = REFERENCE_GPU_MEMOR
         ``use_mask_for_norm`` and ``array_axes``.
 
     Raises:
-        ValueError: a key missing, or spacings / shapes that are not one positive 3-vector per case.
+        ValueError: a key missing, spacings / shapes that are not one positive 3-vector per case,
+            or an unknown planner.
     """
+    spec = _planner(planner)
+    gpu_memory_target_gb = spec.gpu_memory_target_gb if gpu_memory_target_gb is None else gpu_memory_target_gb
     missing = [k for k in _FINGERPRINT_KEYS if k not in fingerprint]
     if missing:
         raise ValueError(f"fingerprint lacks {', '.join(missing)} (make it with "
@@ -340,17 +434,18 @@ def plan(fingerprint: Mapping, gpu_memory_target_gb: float = REFERENCE_GPU_MEMOR
     configurations = {}
     if median[0] != 1:
         configurations["3d_fullres"] = dict(
-            plan_configuration(spacing_t, median, num_voxels, num_classes, gpu_memory_target_gb),
+            plan_configuration(spacing_t, median, num_voxels, num_classes, gpu_memory_target_gb, planner),
             array_axes=axes_t)
     configurations["2d"] = dict(
-        plan_configuration(spacing_t[1:], median[1:], num_voxels, num_classes, gpu_memory_target_gb),
+        plan_configuration(spacing_t[1:], median[1:], num_voxels, num_classes, gpu_memory_target_gb, planner),
         array_axes=axes_t[1:])
     for config in configurations.values():
         config["normalization_schemes"] = list(schemes)
         config["use_mask_for_norm"] = list(use_mask)
     return {
         "dataset_name": fingerprint.get("name"),
-        "planner": "nnU-Net v2 ExperimentPlanner (re-implemented by logvmamba.planning)",
+        "planner": f"nnU-Net v2 {spec.name} (re-implemented by logvmamba.planning)",
+        "plans_name": spec.plans_name,
         "gpu_memory_target_gb": float(gpu_memory_target_gb),
         "transpose_forward": forward,
         "transpose_backward": backward,
@@ -389,9 +484,10 @@ def from_nnunet_plans(plans: Mapping | str | os.PathLike) -> dict:
             "median_shape": [float(m) for m in config["median_image_size_in_voxels"]],
             "pool_op_kernel_sizes": [list(s) for s in arch["strides"]],
             "conv_kernel_sizes": [list(k) for k in arch["kernel_sizes"]],
+            "network_class_name": config["architecture"].get("network_class_name"),
             "n_stages": int(arch["n_stages"]),
             "features_per_stage": list(arch["features_per_stage"]),
-            "n_conv_per_stage": list(arch["n_conv_per_stage"]),
+            **{key: list(arch[key]) for key in ("n_conv_per_stage", "n_blocks_per_stage") if key in arch},
             "n_conv_per_stage_decoder": list(arch["n_conv_per_stage_decoder"]),
             "normalization_schemes": list(config["normalization_schemes"]),
             "use_mask_for_norm": list(config["use_mask_for_norm"]),
@@ -400,6 +496,7 @@ def from_nnunet_plans(plans: Mapping | str | os.PathLike) -> dict:
     return {
         "dataset_name": plans.get("dataset_name"),
         "planner": plans.get("experiment_planner_used"),
+        "plans_name": plans.get("plans_name"),
         "transpose_forward": forward,
         "transpose_backward": list(plans["transpose_backward"]),
         "original_median_spacing_after_transp": list(plans["original_median_spacing_after_transp"]),
@@ -435,16 +532,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m logvmamba.planning",
         description="Plan the 2d and 3d_fullres configurations of an nnU-Net v2 raw dataset as nnU-Net v2's "
-                    "default ExperimentPlanner does; prints the plans as JSON.")
+                    "planners do (default: its ExperimentPlanner); prints the plans as JSON.")
     parser.add_argument("dataset", help="dataset folder, or DatasetXXX_Name / id under --root")
     parser.add_argument("--root", default=None, help="dataset root for a name (default $nnUNet_raw)")
-    parser.add_argument("--gpu-memory-gb", type=float, default=REFERENCE_GPU_MEMORY_GB,
-                        help="GPU memory target (nnU-Net's default: 8)")
+    parser.add_argument("--planner", default=DEFAULT_PLANNER, choices=list(PLANNERS),
+                        help=f"nnU-Net's planner (default: {DEFAULT_PLANNER})")
+    parser.add_argument("--gpu-memory-gb", type=float, default=None,
+                        help="GPU memory target (default the planner's: 8, or 24 for nnUNetPlannerResEncL)")
     parser.add_argument("--no-cache", action="store_true", help="do not read or write DATASET/fingerprint.json")
     args = parser.parse_args(argv)
     try:
         fingerprint = dataset_fingerprint(args.dataset, root=args.root, cache=not args.no_cache)
-        plans = plan(fingerprint, gpu_memory_target_gb=args.gpu_memory_gb)
+        plans = plan(fingerprint, gpu_memory_target_gb=args.gpu_memory_gb, planner=args.planner)
     except (DatasetError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -438,7 +438,9 @@ def train(
 
     summary = dict(epochs=recipe["epochs"], best_val_score=best, final_train_loss=log_rows[-1]["train_loss"] if log_rows else None,
                    seed=seed, fold=fold, device=device.type, device_name=_device_name(device), world_size=world,
-                   torch=torch.__version__)
+                   torch=torch.__version__,
+                   # the budget: epochs' wall time (validation included, summed over resumed processes)
+                   train_seconds=float(sum(r["seconds"] for r in log_rows)), **_peak_memory(device))
     if rank == 0:
         # Every declared output is written here too, so a resumed run with nothing left to
         # train (a Snakemake rerun of a finished job) still leaves a complete run folder.
@@ -448,6 +450,18 @@ def train(
         atomic_write_text(out / "train_done.json", json.dumps(summary, indent=2) + "\n")
     _barrier(world)  # no process returns (and reads the run folder) before rank 0 has written it
     return summary
+
+
+def _peak_memory(device: torch.device) -> dict:
+    """This process's peak memory: CUDA's max allocated on a GPU, the max resident set on a CPU."""
+    if device.type == "cuda":
+        return dict(peak_memory_MiB=torch.cuda.max_memory_allocated(device) / 2**20, peak_memory_kind="cuda_allocated")
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return dict(peak_memory_MiB=None, peak_memory_kind=None)
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return dict(peak_memory_MiB=kib / 1024 * (1 / 1024 if sys.platform == "darwin" else 1), peak_memory_kind="cpu_max_rss")
 
 
 def _device_name(device: torch.device) -> str:

@@ -45,6 +45,6 @@ def test_the_default_and_paper_configs_pass():
     for name in ("config.yaml", "paper.yaml"):
         config = load_config(ROOT / "config" / name)
         check_models(config)
-        for dataset, model, _ in run_grid(config):
+        for dataset, model, *_ in run_grid(config):
             arch, _ = model_spec(config, model, dataset)
             assert arch.endswith("_test") == (config["model_variant"] == "test"), (name, model, arch)

@@ -6,7 +6,10 @@ the fingerprint's axes, crop, statistics, cache and errors. The slow test instal
 ``nnunetv2`` (no second torch: ``pip install --no-deps --target``), runs nnU-Net's
 fingerprint extractor and ``ExperimentPlanner`` on the four synthetic datasets and on
 real MRI volumes from Debian's ``mricron-data``, and compares them with ours field by
-field: equal, or listed in :data:`KNOWN_DIFFERENCES` with the reason.
+field: equal, or listed in :data:`KNOWN_DIFFERENCES` with the reason. The ResEnc slow
+tests do the same with ``nnUNetPlannerResEncM`` / ``L`` on the synthetic datasets and
+compare :mod:`baselines.resenc`'s network with the ``ResidualEncoderUNet`` nnU-Net builds
+from those plans (dynamic-network-architectures from the same ``--target``).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from logvmamba.data.fingerprint import (
 )
 from logvmamba.data.formats import save_nifti, save_png, write_dataset_json
 from logvmamba.planning import (
-    feature_map_size, from_nnunet_plans, in_array_axes, main, plan, plan_configuration, resampled_shape,
+    PLANNERS, feature_map_size, from_nnunet_plans, in_array_axes, main, plan, plan_configuration, resampled_shape,
     target_spacing, transpose_axes, unet_topology,
 )
 
@@ -177,6 +180,7 @@ def test_bad_fingerprints_raise():
 # the memory estimate against dynamic-network-architectures
 # ----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("residual", [False, True], ids=["PlainConvUNet", "ResidualEncoderUNet"])
 @pytest.mark.parametrize("classes", [2, 5])
 @pytest.mark.parametrize("spacing,patch", [
     ((1.0, 1.0), (96, 128)),
@@ -185,18 +189,22 @@ def test_bad_fingerprints_raise():
     ((5.0, 1.25, 1.25), (12, 64, 64)),
     ((3.0, 0.8, 0.8), (20, 96, 80)),
 ])
-def test_feature_map_size_is_dynamic_network_architectures_count(spacing, patch, classes):
+def test_feature_map_size_is_dynamic_network_architectures_count(spacing, patch, classes, residual):
     import torch.nn as nn
-    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 
-    topology = unet_topology(spacing, patch)
+    topology = unet_topology(spacing, patch, residual_encoder=residual)
     dim = len(spacing)
-    net = PlainConvUNet(
+    args = dict(
         input_channels=3, n_stages=topology.n_stages, features_per_stage=list(topology.features),
         conv_op=nn.Conv2d if dim == 2 else nn.Conv3d, kernel_sizes=[list(k) for k in topology.kernel_sizes],
-        strides=[list(s) for s in topology.strides], n_conv_per_stage=list(topology.n_conv_per_stage),
+        strides=[list(s) for s in topology.strides],
         num_classes=classes, n_conv_per_stage_decoder=list(topology.n_conv_per_stage_decoder), conv_bias=True,
         norm_op=nn.InstanceNorm2d if dim == 2 else nn.InstanceNorm3d, nonlin=nn.LeakyReLU)
+    if residual:
+        net = ResidualEncoderUNet(**args, n_blocks_per_stage=list(topology.n_blocks_per_stage))
+    else:
+        net = PlainConvUNet(**args, n_conv_per_stage=list(topology.n_conv_per_stage))
     assert feature_map_size(topology, classes) == int(net.compute_conv_feature_map_size(topology.patch_size))
 
 
@@ -233,6 +241,58 @@ def test_plans_recorded_from_nnunet(inputs, expected):
     assert (c["patch_size"], c["batch_size"], c["pool_op_kernel_sizes"], c["conv_kernel_sizes"]) == expected
     dim = len(spacing)
     assert c["feature_map_size"] / {2: 12, 3: 2}[dim] * 2 <= {2: 85e6, 3: 560e6}[dim]  # fits the 8 GB target
+
+
+#: configurations the synthetic datasets do not reach (their small images give the median shape as the
+#: patch and the batch cap): the patch-shrinking loop and the reference values of ResEnc M and L
+RESENC_CASES = [inputs for inputs, _ in NNUNET_RECORDED] + [
+    ((1.0, 1.0, 1.0), (400, 400, 400), 500 * 400**3, 3),
+    ((0.8, 0.8, 2.5), (300, 280, 90), 80 * 300 * 280 * 90, 5),
+    ((1.0, 1.0), (256, 256), 40 * 256 * 256, 3),
+]
+#: ``get_plans_for_configuration`` of nnunetv2 2.8.1's ResEnc planners (default targets 8 / 24 GB) on
+#: :data:`RESENC_CASES`, recorded by the slow test's script: (patch, batch, strides per stage as digits)
+NNUNET_RECORDED_RESENC = {
+    "nnUNetPlannerResEncM": [
+        ([128, 128, 128], 2, "111 222 222 222 222 222"),
+        ([10, 256, 224], 5, "111 122 122 222 122 122"),
+        ([40, 192, 224], 2, "111 122 222 222 222 122"),
+        ([128, 128, 128], 2, "111 222 222 222 222 222"),
+        ([512, 512], 12, "11 22 22 22 22 22 22 22"),
+        ([512, 512], 12, "11 22 22 22 22 22 22 22"),
+        ([640, 384], 13, "11 22 22 22 22 22 22"),
+        ([128, 128, 128], 2, "111 222 222 222 222 222"),
+        ([192, 160, 56], 2, "111 221 222 222 222 221"),
+        ([256, 256], 40, "11 22 22 22 22 22 22"),
+    ],
+    "nnUNetPlannerResEncL": [
+        ([192, 224, 160], 2, "111 222 222 222 222 222"),
+        ([10, 256, 224], 17, "111 122 122 222 122 122"),
+        ([64, 256, 320], 2, "111 122 222 222 222 222 122"),
+        ([160, 224, 192], 2, "111 222 222 222 222 222"),
+        ([768, 896], 13, "11 22 22 22 22 22 22 22"),
+        ([768, 896], 13, "11 22 22 22 22 22 22 22"),
+        ([640, 448], 32, "11 22 22 22 22 22 22"),
+        ([192, 192, 192], 2, "111 222 222 222 222 222"),
+        ([256, 256, 80], 2, "111 221 222 222 222 222 221"),
+        ([256, 256], 40, "11 22 22 22 22 22 22"),
+    ],
+}
+
+
+@pytest.mark.parametrize("planner", ["nnUNetPlannerResEncM", "nnUNetPlannerResEncL"])
+@pytest.mark.parametrize("case", range(len(RESENC_CASES)))
+def test_resenc_plans_recorded_from_nnunet(planner, case):
+    spacing, median, voxels, classes = RESENC_CASES[case]
+    c = plan_configuration(spacing, median, voxels, classes, planner=planner)
+    strides = " ".join("".join(str(v) for v in s) for s in c["pool_op_kernel_sizes"])
+    assert (c["patch_size"], c["batch_size"], strides) == NNUNET_RECORDED_RESENC[planner][case]
+    n = c["n_stages"]
+    assert c["n_blocks_per_stage"] == [1, 3, 4, 6, 6, 6, 6, 6][:n] and c["n_conv_per_stage_decoder"] == [1] * (n - 1)
+    dim = len(spacing)
+    references = {"nnUNetPlannerResEncM": {2: 135e6, 3: 680e6}, "nnUNetPlannerResEncL": {2: 380e6, 3: 2.1e9}}
+    reference = references[planner][dim]
+    assert c["feature_map_size"] <= reference  # fits the preset's target, with no rescaling to a batch of 2
 
 
 # ----------------------------------------------------------------------------
@@ -400,6 +460,19 @@ def test_command_line_prints_the_plan(tmp_path, capsys):
     assert err.startswith("error: ") and "Dataset999_Missing" in err and err.count("\n") == 1
 
 
+def test_command_line_plans_with_a_resenc_preset(tmp_path, capsys):
+    folder = _nifti_dataset(tmp_path, {"a": _case(0), "b": _case(1)})
+    assert main([str(folder), "--no-cache", "--planner", "nnUNetPlannerResEncL"]) == 0
+    plans = json.loads(capsys.readouterr().out)
+    assert plans["plans_name"] == "nnUNetResEncUNetLPlans" and plans["gpu_memory_target_gb"] == 24.0
+    c = plans["configurations"]["3d_fullres"]
+    assert c["network_class_name"].endswith(".ResidualEncoderUNet") and "n_conv_per_stage" not in c
+    assert c["n_blocks_per_stage"] == [1, 3, 4, 6, 6, 6][:c["n_stages"]]
+    with pytest.raises(SystemExit):
+        main([str(folder), "--planner", "nnUNetPlannerResEncXL"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
 def test_from_nnunet_plans_reads_the_fields():
     arch = {"n_stages": 2, "features_per_stage": [32, 64], "kernel_sizes": [[3, 3], [3, 3]],
             "strides": [[1, 1], [2, 2]], "n_conv_per_stage": [2, 2], "n_conv_per_stage_decoder": [2]}
@@ -421,7 +494,8 @@ def test_from_nnunet_plans_reads_the_fields():
 
 #: what the slow test installs with ``--no-deps`` (torch, numpy, scipy, nibabel, ... come from the system)
 NNUNET_PACKAGES = (
-    "nnunetv2==2.8.1", "acvl-utils==0.2.6", "batchgenerators==0.25.5", "SimpleITK==2.5.7",
+    "nnunetv2==2.8.1", "dynamic-network-architectures==0.4.4", "acvl-utils==0.2.6", "batchgenerators==0.25.5",
+    "SimpleITK==2.5.7",
     "scikit-image==0.26.0", "lazy_loader==0.6", "imageio==2.38.2",
     # the oldest blosc2 nnunetv2 2.8.1 accepts; later ones pull pydantic, httpx and rich
     "blosc2==3.3.2", "msgpack==1.2.4", "ndindex==1.10.1", "numexpr==2.14.2", "py-cpuinfo==9.0.0",
@@ -444,19 +518,76 @@ COMPARED_FIELDS = ("spacing", "patch_size", "batch_size", "median_shape", "pool_
 #: (dataset, configuration, field) -> why ours differs from nnU-Net v2's plan
 KNOWN_DIFFERENCES: dict[tuple[str, str, str], str] = {}
 
+RESENC_PLANNERS = ("nnUNetPlannerResEncM", "nnUNetPlannerResEncL")
+RESENC_MODELS = {"nnUNetPlannerResEncM": "nnunet_resenc_m", "nnUNetPlannerResEncL": "nnunet_resenc_l"}
+RESENC_FIELDS = COMPARED_FIELDS + ("network_class_name", "n_stages", "n_blocks_per_stage", "n_conv_per_stage_decoder")
+
+#: argv: intensity samples, planners (comma separated), ``networks`` or ``-``, dataset names. With
+#: ``networks`` it writes ``<plans name>_networks.json`` next to each plans file: per configuration the
+#: channels and the ``named_parameters`` shapes of the network nnU-Net builds from the plans. With
+#: ``$NNUNET_CASES`` (a JSON list of ``[spacing, median shape, dataset voxels, len(labels)]``) it also
+#: writes ``$NNUNET_CASES.out.json``: per planner, ``get_plans_for_configuration`` of each case as
+#: ``[patch, batch, strides, kernels, blocks per stage]`` (the planner made for the first dataset).
 _NNUNET_SCRIPT = textwrap.dedent("""
+    import json
+    import os
     import sys
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+    from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import (
+        nnUNetPlannerResEncL, nnUNetPlannerResEncM)
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    PLANNERS = {p.__name__: p for p in (ExperimentPlanner, nnUNetPlannerResEncM, nnUNetPlannerResEncL)}
+
+    def networks(planner):
+        in_channels, out_channels = len(planner.dataset_json["channel_names"]), len(planner.dataset_json["labels"])
+        out = {}
+        for name in ("2d", "3d_fullres"):
+            if name not in planner.plans["configurations"]:
+                continue
+            arch = planner.plans["configurations"][name]["architecture"]
+            net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
+                                         in_channels, out_channels, allow_init=False, deep_supervision=True)
+            out[name] = {"in_channels": in_channels, "out_channels": out_channels,
+                         "parameters": [[n, list(p.shape)] for n, p in net.named_parameters()]}
+        return out
+
+    def configurations(name, planners, path):
+        with open(path) as f:
+            cases = json.load(f)
+        out = {}
+        for key in planners:
+            planner, rows = PLANNERS[key](name), []
+            for spacing, median, voxels, classes in cases:
+                planner.dataset_json = dict(planner.dataset_json, labels={f"c{i}": i for i in range(classes)})
+                c = planner.get_plans_for_configuration(spacing, median, "case", voxels, {})
+                arch = c["architecture"]["arch_kwargs"]
+                rows.append([[int(p) for p in c["patch_size"]], int(c["batch_size"]),
+                             [[int(v) for v in s] for s in arch["strides"]],
+                             [[int(v) for v in k] for k in arch["kernel_sizes"]],
+                             [int(b) for b in arch.get("n_blocks_per_stage", arch.get("n_conv_per_stage"))]])
+            out[key] = rows
+        with open(path + ".out.json", "w") as f:
+            json.dump(out, f)
 
     def main():
-        samples = float(sys.argv[1])
-        for name in sys.argv[2:]:
+        samples, planners, with_networks = float(sys.argv[1]), sys.argv[2].split(","), sys.argv[3] == "networks"
+        for name in sys.argv[4:]:
             extractor = DatasetFingerprintExtractor(name, num_processes=2)
             extractor.show_progress_bar = False
             extractor.num_foreground_voxels_for_intensitystats = samples
             extractor.run(overwrite_existing=True)
-            ExperimentPlanner(name).plan_experiment()
+            for key in planners:
+                planner = PLANNERS[key](name)
+                planner.plan_experiment()
+                if with_networks:
+                    path = os.path.join(os.environ["nnUNet_preprocessed"], name,
+                                        planner.plans_identifier + "_networks.json")
+                    with open(path, "w") as f:
+                        json.dump(networks(planner), f)
+        if os.environ.get("NNUNET_CASES"):
+            configurations(sys.argv[4], planners, os.environ["NNUNET_CASES"])
 
     if __name__ == "__main__":  # the extractor's spawned workers import this file
         main()
@@ -529,30 +660,62 @@ def nnunet_target(tmp_path_factory) -> Path:
     return target
 
 
+def _synthetic_datasets(raw: Path) -> list[str]:
+    return [synthetic.generate(key, raw, seed=7, num_cases=SYNTH_CASES, num_test=0).name
+            for key in synthetic.GENERATORS]
+
+
+def _plan_with_nnunet(target: Path, raw: Path, work: Path, names, planners, networks: bool = False,
+                      cases: Path | None = None) -> Path:
+    """Run nnU-Net's fingerprint extractor and ``planners`` on ``names``; returns the preprocessed folder."""
+    script = work / "plan_with_nnunet.py"
+    script.write_text(_NNUNET_SCRIPT)
+    env = dict(os.environ, nnUNet_raw=str(raw), nnUNet_preprocessed=str(work / "preprocessed"),
+               nnUNet_results=str(work / "results"), NNUNET_CASES=str(cases or ""),
+               PYTHONPATH=os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    out = subprocess.run([sys.executable, str(script), str(SLOW_SAMPLES), ",".join(planners),
+                          "networks" if networks else "-", *names], env=env, cwd=work,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-4000:])
+    return work / "preprocessed"
+
+
 @pytest.fixture(scope="module")
 def compared(nnunet_target, tmp_path_factory):
     """Dataset name -> (our fingerprint, our plans, nnU-Net's fingerprint, nnU-Net's plans in our layout)."""
     raw = tmp_path_factory.mktemp("nnunet_raw")
-    names = [synthetic.generate(key, raw, seed=7, num_cases=SYNTH_CASES, num_test=0).name
-             for key in synthetic.GENERATORS]
+    names = _synthetic_datasets(raw)
     mricron = _mricron_dataset(raw)
     names += [mricron.name] if mricron is not None else []
     names += [folder.name for folder in _packaged_datasets(raw, tmp_path_factory.mktemp("sources"))]
-    work = tmp_path_factory.mktemp("nnunet_work")
-    script = work / "plan_with_nnunet.py"
-    script.write_text(_NNUNET_SCRIPT)
-    env = dict(os.environ, nnUNet_raw=str(raw), nnUNet_preprocessed=str(work / "preprocessed"),
-               nnUNet_results=str(work / "results"),
-               PYTHONPATH=os.pathsep.join([str(nnunet_target), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    out = subprocess.run([sys.executable, str(script), str(SLOW_SAMPLES), *names], env=env, cwd=work,
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-4000:])
+    preprocessed = _plan_with_nnunet(nnunet_target, raw, tmp_path_factory.mktemp("nnunet_work"), names,
+                                     ["ExperimentPlanner"])
     results = {}
     for name in names:
         fp = dataset_fingerprint(raw / name, cache=False, intensity_samples=SLOW_SAMPLES)
-        pre = work / "preprocessed" / name
+        pre = preprocessed / name
         results[name] = (fp, plan(fp), json.loads((pre / "dataset_fingerprint.json").read_text()),
                          from_nnunet_plans(pre / "nnUNetPlans.json"))
+    return results
+
+
+@pytest.fixture(scope="module")
+def compared_resenc(nnunet_target, tmp_path_factory):
+    """(dataset, planner) -> (our plans, nnU-Net's plans in our layout, nnU-Net's networks) on the synthetic
+    datasets; and planner -> nnU-Net's configurations of :data:`RESENC_CASES`."""
+    raw = tmp_path_factory.mktemp("nnunet_raw_resenc")
+    names = _synthetic_datasets(raw)
+    work = tmp_path_factory.mktemp("nnunet_work_resenc")
+    cases = work / "cases.json"
+    cases.write_text(json.dumps([list(case) for case in RESENC_CASES]))
+    preprocessed = _plan_with_nnunet(nnunet_target, raw, work, names, RESENC_PLANNERS, networks=True, cases=cases)
+    results = json.loads(Path(f"{cases}.out.json").read_text())
+    for name in names:
+        fp = dataset_fingerprint(raw / name, cache=False, intensity_samples=SLOW_SAMPLES)
+        for planner in RESENC_PLANNERS:
+            theirs = from_nnunet_plans(preprocessed / name / f"{PLANNERS[planner].plans_name}.json")
+            networks = json.loads((preprocessed / name / f"{PLANNERS[planner].plans_name}_networks.json").read_text())
+            results[name, planner] = (plan(fp, planner=planner), theirs, networks)
     return results
 
 
@@ -586,3 +749,60 @@ def test_fingerprint_and_plans_equal_nnunet_v2(compared, name):
                 differences[(name, config, field)] = (a, b)
     known = {k: v for k, v in KNOWN_DIFFERENCES.items() if k[0] == name}
     assert set(differences) == set(known), f"unlisted or vanished differences (ours, nnU-Net v2): {differences}"
+
+
+SYNTHETIC_DATASETS = [DATASETS[key].synthetic_name for key in synthetic.GENERATORS]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("planner", RESENC_PLANNERS)
+@pytest.mark.parametrize("case", range(len(RESENC_CASES)))
+def test_resenc_configurations_equal_nnunet_v2(compared_resenc, planner, case):
+    spacing, median, voxels, classes = RESENC_CASES[case]
+    c = plan_configuration(spacing, median, voxels, classes, planner=planner)
+    ours = [c["patch_size"], c["batch_size"], c["pool_op_kernel_sizes"], c["conv_kernel_sizes"],
+            c["n_blocks_per_stage"]]
+    assert ours == compared_resenc[planner][case]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("planner", RESENC_PLANNERS)
+@pytest.mark.parametrize("name", SYNTHETIC_DATASETS)
+def test_resenc_plans_equal_nnunet_v2(compared_resenc, name, planner):
+    ours, theirs, _ = compared_resenc[name, planner]
+    assert theirs["planner"] == planner and ours["plans_name"] == theirs["plans_name"]
+    for key in ("transpose_forward", "original_median_shape_after_transp"):
+        assert ours[key] == theirs[key]
+    assert set(ours["configurations"]) == set(theirs["configurations"])
+    differences = {}
+    for config, expected in theirs["configurations"].items():
+        for field in RESENC_FIELDS:
+            a, b = ours["configurations"][config][field], expected[field]
+            same = a == pytest.approx(b) if field in ("spacing", "median_shape") else a == b
+            if not same:
+                differences[(config, field)] = (a, b)
+    assert not differences, f"ours, nnU-Net v2's: {differences}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("planner", RESENC_PLANNERS)
+@pytest.mark.parametrize("name", SYNTHETIC_DATASETS)
+def test_resenc_network_is_the_one_nnunet_builds_from_its_plans(compared_resenc, name, planner):
+    """Our ResEnc network at the planned patch and spacing: the parameters (names, shapes, count) of the
+    ``ResidualEncoderUNet`` nnU-Net's ``get_network_from_plans`` builds from its own plans."""
+    import torch
+
+    from logvmamba import create_model
+
+    ours, _, networks = compared_resenc[name, planner]
+    assert set(networks) == set(ours["configurations"])
+    for config, reference in networks.items():
+        c = ours["configurations"][config]
+        with torch.device("meta"):  # shapes only
+            net = create_model(RESENC_MODELS[planner], spatial_dims=len(c["patch_size"]),
+                               in_channels=reference["in_channels"], out_channels=reference["out_channels"],
+                               img_size=tuple(c["patch_size"]), spacing=c["spacing"])
+        assert list(net.plan.n_blocks_per_stage) == c["n_blocks_per_stage"]
+        got = [[n, list(p.shape)] for n, p in net.named_parameters()]
+        assert got == reference["parameters"], config
+        assert sum(p.numel() for p in net.parameters()) == sum(int(np.prod(s)) for _, s in reference["parameters"])

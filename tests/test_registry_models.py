@@ -35,6 +35,11 @@ NO_GRADIENT = {
         "nnU-Net's init_last_bn_before_add_to_0 (U-Mamba-Enc version 1) zeroes the last norm of every "
         "residual branch, so the layers before it get exactly 0 gradient at initialisation",
     ),
+    **{name: (
+        r"encoder\.stages\.\d+\.blocks\.\d+\.(conv1\.|conv2\.conv\.)",
+        "ResidualEncoderUNet.initialize zeroes the last norm of every residual branch (init_last_bn_before_add_to_0), "
+        "so the layers before it get 0 gradient at initialisation",
+    ) for name in ("nnunet_resenc_m_test", "nnunet_resenc_l_test")},
 }
 # Models with a pretrainable encoder -> the submodule encoder_parameters() must yield.
 ENCODERS = {

@@ -222,7 +222,7 @@ def test_case_means_average_finite_seeds():
     means = case_means(cases)
     assert means["case_id"].tolist() == ["a", "b"]
     assert means["value"].iloc[0] == pytest.approx(0.3) and np.isnan(means["value"].iloc[1])
-    assert means["n_seeds"].tolist() == [2, 0]
+    assert means["n_runs"].tolist() == [2, 0]
 
 
 def test_case_means_rejects_duplicate_rows():
@@ -240,7 +240,7 @@ def test_dataset_statistics_layout(table):
     assert result["metric"].tolist() == [m for m in expected_metrics for _ in expected_models]
     assert result["model"].tolist() == expected_models * len(expected_metrics)
     assert (result["dataset"] == "acdc").all() and (result["reference"] == REFERENCE).all()
-    assert (result["n_seeds"] == 3).all()
+    assert (result["n_runs"] == 3).all()
 
 
 def test_dataset_statistics_means_average_seeds_then_cases(table):

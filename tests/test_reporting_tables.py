@@ -47,8 +47,8 @@ def case_value(model, metric, case, seed):
 
 def write_results(root, config, n_cases=12):
     """summary.json, per_case.csv, train_done.json and profile_cpu.json for every run of ``config``."""
-    for dataset, model, seed in run_grid(config):
-        run = root / dataset / model / f"seed{seed}"
+    for dataset, model, fold, seed in run_grid(config):
+        run = root / dataset / model / f"fold{fold}" / f"seed{seed}"
         run.mkdir(parents=True, exist_ok=True)
         metrics = DATASETS[dataset].metrics
         raw = [m for m in metrics if not m.endswith("_mean")]
@@ -88,7 +88,8 @@ def results(tmp_path_factory):
 def test_every_table_is_written_in_four_formats(results):
     config, root = results
     names = table_names(config, ["endoscopy", "brats"])
-    assert names == ["main_2d", "main_3d", "ablation_mixers", "ablation_placements", "efficiency", "statistics"]
+    assert names == ["main_2d", "main_3d", "ablation_mixers", "ablation_placements", "efficiency", "statistics", "budget",
+                     "rank_stability", "claims"]
     for name in names:
         for ext in ("csv", "md", "tex", "html"):
             assert (root / "tables" / f"{name}.{ext}").stat().st_size > 100, (name, ext)
@@ -169,11 +170,11 @@ def test_efficiency_table_has_runtime_columns(results):
 def test_a_missing_result_names_the_file(tmp_path):
     config = small_config()
     write_results(tmp_path, config)
-    missing = tmp_path / "brats" / "nnunet" / "seed1" / "summary.json"
+    missing = tmp_path / "brats" / "nnunet" / "fold0" / "seed1" / "summary.json"
     missing.unlink()
     with pytest.raises(ResultsError, match=str(missing)):
         load_runs(tmp_path, run_grid(config))
-    (tmp_path / "brats" / "nnunet" / "seed0" / "summary.json").write_text("{not json")
+    (tmp_path / "brats" / "nnunet" / "fold0" / "seed0" / "summary.json").write_text("{not json")
     with pytest.raises(ResultsError, match="not valid JSON"):
         load_runs(tmp_path, run_grid(config))
 
@@ -184,7 +185,7 @@ def test_figure_points_use_the_figure_metric_and_published_points(results):
 
     grid = run_grid(config)
     runs = load_runs(root, grid)
-    profiles = load_profiles(root, dict.fromkeys((d, m) for d, m, _ in grid), ["cpu"])
+    profiles = load_profiles(root, dict.fromkeys((d, m) for d, m, *_ in grid), ["cpu"])
     points, pub = figure_points(runs, profiles, load_reference(REFERENCE), ["logvmamba", "nnunet"], "gflops", "cpu")
     assert len(points) == 2 * 2 * 2 and set(points.x) == {45.0, 56.0}
     hit = pub[(pub.dataset == "endoscopy") & (pub.model == "nnunet")].iloc[0]
@@ -239,6 +240,9 @@ def test_a_reference_model_that_is_not_trained_fails_at_dag_time():
 def test_run_grid_adds_the_ablations_on_their_datasets():
     config = small_config()
     grid = run_grid(config)
-    assert ("endoscopy", "logvmamba_head", 1) in grid and ("brats", "logvmamba_head", 0) not in grid
+    assert ("endoscopy", "logvmamba_head", 0, 1) in grid and ("brats", "logvmamba_head", 0, 0) not in grid
     assert len(grid) == len(set(grid)) == (2 * 2 + 2) * 2   # logvmamba once though listed in both ablations
-    assert table_names(dict(config, ablations={}), ["endoscopy"]) == ["main_2d", "efficiency", "statistics"]
+    cv = run_grid(dict(config, folds=[0, 1, 2, 3, 4]))
+    assert len(cv) == 5 * len(grid) and {f for _, _, f, _ in cv} == {0, 1, 2, 3, 4}
+    assert run_grid(dict({k: v for k, v in config.items() if k != "folds"}, fold=3))[0][2] == 3
+    assert table_names(dict(config, ablations={}), ["endoscopy"]) == ["main_2d", "efficiency", "statistics", "budget", "rank_stability", "claims"]

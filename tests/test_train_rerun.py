@@ -12,7 +12,7 @@ import yaml
 from logvmamba.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN = Path("results/endoscopy/logvmamba/seed0")
+RUN = Path("results/endoscopy/logvmamba/fold0/seed0")
 TARGET = str(RUN / "summary.json")
 
 

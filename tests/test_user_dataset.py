@@ -161,12 +161,12 @@ def test_a_user_dataset_trains_and_scores_through_the_workflow(odd_root, tmp_pat
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
-    summary = json.loads((run / "results/Dataset777/nnunet/seed0/summary.json").read_text())
+    summary = json.loads((run / "results/Dataset777/nnunet/fold0/seed0/summary.json").read_text())
     assert {"Dice_organ", "Dice_lesion", "HD95_mean"} <= set(summary) and summary["main_metric"] == "Dice_mean"
     table = (run / "results/tables/main_3d.md").read_text()
     assert "OddRegions (user dataset) Dice organ" in table and "Dataset777 = Dataset777_OddRegions" in table
 
-    checkpoint = torch.load(run / "results/Dataset777/logvmamba/seed0/checkpoint_best.pt", weights_only=True)
+    checkpoint = torch.load(run / "results/Dataset777/logvmamba/fold0/seed0/checkpoint_best.pt", weights_only=True)
     assert checkpoint["model_args"]["img_size"] == [32, 24, 16]
     assert checkpoint["data"]["normalization"][0]["scheme"] == "ct"
 
@@ -178,7 +178,7 @@ def test_a_user_dataset_trains_and_scores_through_the_workflow(odd_root, tmp_pat
         source = nib.load(str(image).replace("_0000", f"_{c:04d}"))
         nib.save(nib.Nifti1Image(source.get_fdata(dtype=np.float32), source.affine), inputs / f"scan_{c:04d}.nii.gz")
     res = subprocess.run([sys.executable, "-m", "logvmamba.infer", "--checkpoint",
-                          str(run / "results/Dataset777/logvmamba/seed0/checkpoint_best.pt"),
+                          str(run / "results/Dataset777/logvmamba/fold0/seed0/checkpoint_best.pt"),
                           "--input", str(inputs), "--out", str(tmp_path / "pred")], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     pred = nib.load(tmp_path / "pred" / "scan.nii.gz")

@@ -22,9 +22,9 @@ def _jobs(text: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", text, re.M)}
 
 
-# default config: 2 models on 4 datasets, 6 ablation variants on Endoscopy, 1 seed
+# default config: 2 models on 4 datasets, 7 ablation variants on Endoscopy (No-Mamba control included), 1 seed
 @pytest.mark.parametrize("target, datasets, runs", [
-    ("all_tables", 4, 2 * 4 + 6), ("all_metrics", 4, 2 * 4 + 6), ("all", 4, 2 * 4 + 6),
+    ("all_tables", 4, 2 * 4 + 7), ("all_metrics", 4, 2 * 4 + 7), ("all", 4, 2 * 4 + 7),
     ("metrics_brats", 1, 2), ("figure5", 4, 2 * 4),
 ])
 def test_default_dry_run(target, datasets, runs, tmp_path):
@@ -34,7 +34,8 @@ def test_default_dry_run(target, datasets, runs, tmp_path):
     assert jobs["train"] == jobs["predict"] == jobs["evaluate"] == runs
     assert jobs["prepare_data"] == jobs["split"] == datasets
     if target in ("all_tables", "all"):
-        assert jobs["tables"] == jobs["plot_efficiency"] == 1 and jobs["stats"] == 4 and jobs["profile"] == runs
+        assert jobs["tables"] == jobs["plot_efficiency"] == jobs["plot_ranks"] == 1 and jobs["stats"] == 4
+        assert jobs["profile"] == runs
     if target == "figure5":  # the main models only: no ablation runs, tables or statistics
         assert jobs["plot_efficiency"] == 1 and jobs["profile"] == runs and "tables" not in jobs and "stats" not in jobs
 
@@ -43,14 +44,17 @@ def test_paper_dry_run_lists_the_full_grid(tmp_path):
     code, out = _snakemake("-n", "all_tables", "--configfile", str(ROOT / "config/paper.yaml"),
                            "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"))
     assert code == 0, out[-3000:]
-    # 2D datasets x 10 models + 3D datasets x 8 (the Swin-UMamba models are 2D only)
-    # + 6 ablation variants x 4 datasets, 3 seeds each; one profile per model x dataset on cuda
+    # 2D datasets x 14 models + 3D datasets x 12 (the Swin-UMamba models are 2D only; the ResEnc and
+    # No-Mamba controls included) + 7 ablation variants x 4 datasets, 5 folds x 3 seeds each; one
+    # profile per model x dataset on cuda
     jobs = _jobs(out)
-    assert jobs["train"] == (2 * 10 + 2 * 8 + 6 * 4) * 3
-    assert jobs["profile"] == 2 * 10 + 2 * 8 + 6 * 4
+    assert jobs["train"] == (2 * 14 + 2 * 12 + 7 * 4) * 5 * 3
+    assert jobs["profile"] == 2 * 14 + 2 * 12 + 7 * 4
     assert jobs["stats"] == 4 and jobs["tables"] == jobs["plot_efficiency"] == 1
-    assert "results/brats/logvmamba/seed2/summary.json" in out and "results/brats/swin_umamba/" not in out
-    assert "results/acdc/logvmamba_split/seed1/summary.json" in out and "profile_cuda.json" in out
+    assert "results/brats/logvmamba/fold0/seed2/summary.json" in out and "results/brats/swin_umamba/" not in out
+    assert "results/acdc/logvmamba_split/fold4/seed1/summary.json" in out and "profile_cuda.json" in out
+    assert "results/brats/nnunet_resenc_l/fold2/seed0/summary.json" in out
+    assert "results/endoscopy/logvmamba_nomamba/fold0/seed0/summary.json" in out
 
 
 def test_paper_real_run_fails_fast_with_the_missing_dataset_message(tmp_path):
@@ -121,8 +125,8 @@ def test_a_new_baseline_is_one_file_and_one_config_line(tmp_path):
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     text = out.stdout + out.stderr
     jobs = _jobs(text)
-    assert jobs["train"] == 2 * 4 + 6 + 4 and jobs["profile"] == jobs["train"] and jobs["tables"] == 1
-    assert "results/acdc/my_unet/seed0/summary.json" in text and "results/acdc/my_unet/profile_cpu.json" in text
+    assert jobs["train"] == 2 * 4 + 7 + 4 and jobs["profile"] == jobs["train"] and jobs["tables"] == 1
+    assert "results/acdc/my_unet/fold0/seed0/summary.json" in text and "results/acdc/my_unet/profile_cpu.json" in text
 
 
 @pytest.mark.parametrize("dataset", ["endoscopy", "acdc"])

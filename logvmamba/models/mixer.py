@@ -8,7 +8,10 @@ One implementation serves 2D and 3D (``spatial_dims``):
 - ``global`` (G-VMamba): Global Token Extractor (GTX) adds compressed global
   tokens to the sequence;
 - ``log``    (LoG-VMamba): both;
-- ``ss2d``: VMamba's original 4-direction 2D mixer (Swin-UMamba encoder).
+- ``ss2d``: VMamba's original 4-direction 2D mixer (Swin-UMamba encoder);
+- ``none`` (:data:`CONTROL_MIXER`): the identity, for No-Mamba controls (nnU-Net
+  Revisited's "No-Mamba Base", Isensee et al. 2024, https://arxiv.org/abs/2404.09556):
+  a VSS block becomes ``x + DropPath(LayerNorm(x))``, everything else unchanged.
 
 Global tokens are placed in the sequence by ``placement``: ``head``, ``center``,
 ``split`` or ``interleaved`` (the release's "even", the paper's choice).
@@ -32,6 +35,7 @@ from logvmamba.models.weights import init_dt_proj, s4d_real_A_log
 from logvmamba.ops import selective_scan, validate_backend
 
 __all__ = [
+    "CONTROL_MIXER",
     "MIXERS",
     "PLACEMENTS",
     "build_mixer",
@@ -42,7 +46,8 @@ __all__ = [
     "VSSBlock",
 ]
 
-MIXERS = ("vanilla", "local", "global", "log")
+MIXERS = ("vanilla", "local", "global", "log")  # the Mamba mixers of LoG-VMamba's ablations
+CONTROL_MIXER = "none"  # no token mixer: the No-Mamba control
 PLACEMENTS = ("head", "center", "split", "interleaved")
 
 
@@ -411,7 +416,19 @@ class VSSBlock(nn.Module):
 
 
 def build_mixer(kind: str, dim: int, spatial_dims: int, grid: Sequence[int], **kwargs) -> nn.Module:
-    """``ss2d`` or one of ``MIXERS`` with its keyword arguments."""
+    """``ss2d``, one of ``MIXERS`` with its keyword arguments, or ``none`` (:data:`CONTROL_MIXER`).
+
+    ``none`` is ``nn.Identity`` whatever the keywords: the No-Mamba control's block
+    keeps its LayerNorm, DropPath and residual and mixes nothing.
+
+    Raises:
+        ValueError: an unknown ``kind``, or ``ss2d`` outside 2D.
+    """
+    known = ("ss2d",) + MIXERS + (CONTROL_MIXER,)
+    if kind not in known:
+        raise ValueError(f"mixer {kind!r} is not one of {known}")
+    if kind == CONTROL_MIXER:
+        return nn.Identity()
     if kind == "ss2d":
         if spatial_dims != 2:
             raise ValueError("the ss2d mixer is 2D only")

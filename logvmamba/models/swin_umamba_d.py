@@ -4,7 +4,8 @@ Papers: LoG-VMamba, https://arxiv.org/abs/2408.14415 (section 7 of the suite's s
 Swin-UMamba, https://arxiv.org/abs/2402.03302 (the "dagger" variant with a Mamba
 decoder). The encoder is VMamba-Tiny with 4-direction SS2D blocks; the six decoder
 blocks use the LoG mixer (or any ablation mixer, or SS2D for the plain
-Swin-UMamba-dagger baseline).
+Swin-UMamba-dagger baseline). ``mixer="none"`` is the No-Mamba control: every SS2D
+and LoG mixer of encoder and decoder is the identity.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from logvmamba.models.mixer import MIXERS, PLACEMENTS, VSSBlock, build_mixer
+from logvmamba.models.mixer import CONTROL_MIXER, MIXERS, PLACEMENTS, VSSBlock, build_mixer
 from logvmamba.models.weights import init_weights
 from logvmamba.registry import register_model, validate_img_size
 
@@ -62,11 +63,11 @@ class PatchExpand(nn.Module):
 
 class EncoderStage(nn.Module):
     def __init__(self, dim: int, depth: int, drop_path: Sequence[float], downsample: bool, d_state: int,
-                 scan_backend: str = "auto"):
+                 scan_backend: str = "auto", mixer: str = "ss2d"):
         super().__init__()
         mixer_kwargs = dict(d_state=d_state, scan_backend=scan_backend)
         self.blocks = nn.ModuleList(
-            VSSBlock(dim, build_mixer("ss2d", dim, 2, (), **mixer_kwargs), drop_path=dp) for dp in drop_path
+            VSSBlock(dim, build_mixer(mixer, dim, 2, (), **mixer_kwargs), drop_path=dp) for dp in drop_path
         )
         self.downsample = PatchMerging(dim) if downsample else None
 
@@ -77,16 +78,22 @@ class EncoderStage(nn.Module):
 
 
 class VMambaEncoder(nn.Module):
-    """VMamba encoder; returns the channels-last output of every stage."""
+    """VMamba encoder; returns the channels-last output of every stage.
 
-    def __init__(self, in_channels, dims, depths, drop_path_rate, d_state, scan_backend: str = "auto"):
+    ``mixer``: ``ss2d`` (VMamba) or ``none`` (the No-Mamba control, identity mixers).
+    """
+
+    def __init__(self, in_channels, dims, depths, drop_path_rate, d_state, scan_backend: str = "auto",
+                 mixer: str = "ss2d"):
         super().__init__()
+        if mixer not in ("ss2d", CONTROL_MIXER):
+            raise ValueError(f"VMamba encoder mixer {mixer!r} is not one of {('ss2d', CONTROL_MIXER)}")
         self.patch_embed = PatchEmbed(in_channels, dims[0])
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         starts = [sum(depths[:i]) for i in range(len(depths))]
         self.layers = nn.ModuleList(
             EncoderStage(dims[i], depths[i], rates[starts[i] : starts[i] + depths[i]], i < len(depths) - 1, d_state,
-                         scan_backend)
+                         scan_backend, mixer)
             for i in range(len(depths))
         )
 
@@ -125,7 +132,8 @@ class SwinUMambaD(nn.Module):
         img_size: training patch (H, W), each a multiple of 32; GTX layers are sized
             for it.
         mixer: decoder mixer, ``ss2d`` (Swin-UMamba-dagger) or one of
-            ``vanilla|local|global|log`` (LoG-VMamba ablations).
+            ``vanilla|local|global|log`` (LoG-VMamba ablations); ``none`` is the
+            No-Mamba control: every mixer, the encoder's SS2D ones too, is the identity.
         placement: where GTX tokens go (``head|center|split|interleaved``).
         dims, depths: encoder widths and blocks per stage (VMamba-Tiny by default).
         decoder_depth: VSS blocks per decoder stage.
@@ -141,6 +149,9 @@ class SwinUMambaD(nn.Module):
 
         >>> net = SwinUMambaD(3, 8, (64, 64), mixer="log")
         >>> net(torch.randn(1, 3, 64, 64)).shape
+        torch.Size([1, 8, 64, 64])
+        >>> control = SwinUMambaD(3, 8, (64, 64), mixer="none")  # No-Mamba control
+        >>> control(torch.randn(1, 3, 64, 64)).shape
         torch.Size([1, 8, 64, 64])
     """
 
@@ -165,21 +176,24 @@ class SwinUMambaD(nn.Module):
     ):
         super().__init__()
         img_size = validate_img_size(img_size, 2, 32, type(self).__name__)
-        if mixer not in ("ss2d",) + MIXERS:
-            raise ValueError(f"mixer {mixer!r} is not one of {('ss2d',) + MIXERS}")
+        known = ("ss2d",) + MIXERS + (CONTROL_MIXER,)
+        if mixer not in known:
+            raise ValueError(f"mixer {mixer!r} is not one of {known}")
         if placement not in PLACEMENTS:
             raise ValueError(f"placement {placement!r} is not one of {PLACEMENTS}")
         if len(dims) != 4 or len(depths) != 4 or len(gtx_strides) != 3 or len(gtx_squeezes) != 3:
             raise ValueError("SwinUMambaD needs 4 encoder dims/depths and 3 decoder gtx_strides/gtx_squeezes")
         self.deep_supervision = deep_supervision
-        self.encoder = VMambaEncoder(in_channels, dims, depths, drop_path_rate, d_state, scan_backend)
+        self.mixer = mixer
+        encoder_mixer = CONTROL_MIXER if mixer == CONTROL_MIXER else "ss2d"
+        self.encoder = VMambaEncoder(in_channels, dims, depths, drop_path_rate, d_state, scan_backend, encoder_mixer)
         dec_rates = torch.linspace(drop_path_rate, 0, 3 * decoder_depth).tolist()
         self.decoder = nn.ModuleList()
         for i, dim in enumerate(reversed(dims[:-1])):
             scale = 2 ** (4 - i)  # decoder stage i runs at 1/16, 1/8, 1/4
             grid = (img_size[0] // scale, img_size[1] // scale)
             kwargs = dict(d_state=d_state, scan_backend=scan_backend)
-            if mixer != "ss2d":
+            if mixer in MIXERS:
                 kwargs.update(
                     placement=placement,
                     ltx_squeeze=ltx_squeeze,

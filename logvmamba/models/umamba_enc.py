@@ -3,6 +3,7 @@
 Papers: LoG-VMamba, https://arxiv.org/abs/2408.14415 (section 8 of the suite's
 spec); U-Mamba, https://arxiv.org/abs/2401.04722. Each encoder stage ends with one
 VSS layer whose mixer is chosen per stage (paper: local, log, log, global, global).
+``mixer="none"`` is the No-Mamba control: every VSS layer's mixer is the identity.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from monai.networks.layers.factories import Conv, Pool
 
 from logvmamba.models.layers import BasicResBlock, per_axis
-from logvmamba.models.mixer import MIXERS, PLACEMENTS, LoGMixer, VSSBlock
+from logvmamba.models.mixer import CONTROL_MIXER, MIXERS, PLACEMENTS, VSSBlock, build_mixer
 from logvmamba.models.weights import init_weights
 from logvmamba.registry import register_model
 
@@ -30,15 +31,22 @@ def stage_mixers(mixer: str | Sequence[str], paper: Sequence[str] = PAPER_STAGE_
 
     ``log`` keeps the paper's per-stage choice; ``local`` / ``global`` keep only the
     LTX / GTX of each stage (a stage left with neither runs ``vanilla``);
-    ``vanilla`` turns both off. A sequence gives every stage explicitly.
+    ``vanilla`` turns both off; ``none`` (the No-Mamba control) makes every stage's
+    mixer the identity. A sequence gives every stage explicitly (``none`` allowed).
     """
+    known = MIXERS + (CONTROL_MIXER,)
     if not isinstance(mixer, str):
         mixers = tuple(mixer)
-        if len(mixers) != len(paper) or any(m not in MIXERS for m in mixers):
-            raise ValueError(f"mixer {mixer!r} must be one of {MIXERS} or {len(paper)} of them")
+        if len(mixers) != len(paper):
+            raise ValueError(f"mixer {mixer!r} must be one of {known} or {len(paper)} of them, one per stage")
+        for stage, m in enumerate(mixers):
+            if m not in known:
+                raise ValueError(f"mixer {m!r} of stage {stage} (in {mixer!r}) is not one of {known}")
         return mixers
-    if mixer not in MIXERS:
-        raise ValueError(f"mixer {mixer!r} is not one of {MIXERS}")
+    if mixer not in known:
+        raise ValueError(f"mixer {mixer!r} is not one of {known}")
+    if mixer == CONTROL_MIXER:
+        return (CONTROL_MIXER,) * len(paper)
     keep_local = mixer in ("local", "log")
     keep_global = mixer in ("global", "log")
     out = []
@@ -89,7 +97,8 @@ class UMambaEncLoG(nn.Module):
             the paper's 5 stages) and not all equal to it (instance norm needs more
             than one voxel at the bottleneck); GTX is sized for it.
         mixer: ``log`` (paper per-stage choice), ``local``, ``global``, ``vanilla``
-            (ablations; see :func:`stage_mixers`) or one mixer per stage.
+            (ablations; see :func:`stage_mixers`), ``none`` (the No-Mamba control:
+            identity mixers, LayerNorm and residual kept) or one mixer per stage.
         placement: where GTX tokens go.
         features, encoder_blocks, decoder_blocks: widths and blocks per stage
             (decoder blocks from the bottleneck up).
@@ -107,9 +116,10 @@ class UMambaEncLoG(nn.Module):
 
     Examples::
 
-        >>> net = UMambaEncLoG(3, 4, 3, (32, 32, 32))
-        >>> net(torch.randn(1, 4, 32, 32, 32)).shape
-        torch.Size([1, 3, 32, 32, 32])
+        >>> net = UMambaEncLoG(3, 4, 3, (64, 32, 32))
+        >>> net(torch.randn(1, 4, 64, 32, 32)).shape
+        torch.Size([1, 3, 64, 32, 32])
+        >>> control = UMambaEncLoG(3, 4, 3, (64, 32, 32), mixer="none")  # No-Mamba control
         >>> net2d = UMambaEncLoG(2, 1, 4, (64, 64))
         >>> net2d(torch.randn(1, 1, 64, 64)).shape
         torch.Size([1, 4, 64, 64])
@@ -183,11 +193,11 @@ class UMambaEncLoG(nn.Module):
         for s in range(n):
             grid = [g // st for g, st in zip(grid, strides[s])]
             self.stages.append(_blocks(spatial_dims, prev, features[s], encoder_blocks[s], strides[s]))
-            mix = LoGMixer(
+            mix = build_mixer(
+                mixers[s],
                 features[s],
                 spatial_dims,
                 grid,
-                mixer=mixers[s],
                 expand=expand,
                 d_state=d_state,
                 ltx_squeeze=ltx_squeeze,

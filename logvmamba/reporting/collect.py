@@ -1,7 +1,8 @@
 """Read the workflow's results into long tables.
 
-- :func:`load_runs`: one value per (dataset, model, seed, metric) from ``summary.json``;
+- :func:`load_runs`: one value per (dataset, model, fold, seed, metric) from ``summary.json``;
 - :func:`load_cases`: per-case values from ``per_case.csv`` (the region means added);
+- :func:`load_budget`: training wall time, device-hours and peak memory per run;
 - :func:`load_profiles`: parameters, FLOPs, latency and memory from ``profile_<device>.json``;
 - :func:`load_reference`: the published numbers (``results/reference/reference_results.csv``);
 - :func:`provenance`: synthetic or real data, devices, config files and commit.
@@ -22,8 +23,8 @@ from logvmamba.data import get_info
 from logvmamba.data.registry import registered
 
 __all__ = [
-    "HIGHER_IS_BETTER", "REFERENCE_METRIC", "SOURCES", "ResultsError",
-    "load_runs", "load_cases", "load_profiles", "load_reference", "published", "provenance",
+    "BUDGET_COLUMNS", "HIGHER_IS_BETTER", "REFERENCE_METRIC", "SOURCES", "ResultsError",
+    "load_runs", "load_cases", "load_budget", "load_profiles", "run_dir", "load_reference", "published", "provenance",
 ]
 
 class _HigherIsBetter(Mapping):
@@ -57,10 +58,12 @@ def user_dataset_note(datasets: Iterable[str]) -> str:
 # the direction is a fact of the metric: distances are better low.
 HIGHER_IS_BETTER = _HigherIsBetter()
 # Our metric names -> the reference file's.
-REFERENCE_METRIC = {"DSC": "dsc", "NSD": "nsd", "F1": "f1", "params_M": "params_M", "gflops": "gflops"}
+REFERENCE_METRIC = {"DSC": "dsc", "NSD": "nsd", "F1": "f1", "Dice_mean": "dice_mean_cv5", "params_M": "params_M", "gflops": "gflops"}
 SOURCES = {
     "swin-umamba-paper-table": "Swin-UMamba paper tables (arXiv 2402.03302)",
     "logvmamba-paper-fig5": "LoG-VMamba paper Fig. 5, read off the plot (approximate)",
+    "nnunet-revisited-table": ("nnU-Net Revisited (arXiv 2404.09556) as tabulated in nnU-Net v2's resenc_presets.md: "
+                               "5-fold CV Dice (BraTS 2021, ACDC), training hours and VRAM on one A100"),
 }
 MEAN_OF = {"Dice_mean": "Dice_", "HD95_mean": "HD95_"}
 
@@ -78,30 +81,31 @@ def _read_json(path: Path) -> dict:
         raise ResultsError(f"{path}: not valid JSON ({err})") from None
 
 
-def _run_dir(root: Path, dataset: str, model: str, seed: int) -> Path:
-    return root / dataset / model / f"seed{seed}"
+def run_dir(root: str | Path, dataset: str, model: str, fold: int, seed: int) -> Path:
+    """The folder of one run of the workflow."""
+    return Path(root) / dataset / model / f"fold{fold}" / f"seed{seed}"
 
 
-def load_runs(root: str | Path, grid: Iterable[tuple[str, str, int]]) -> pd.DataFrame:
-    """Columns ``dataset, model, seed, metric, value, synthetic`` for the runs of ``grid``."""
+def load_runs(root: str | Path, grid: Iterable[tuple[str, str, int, int]]) -> pd.DataFrame:
+    """Columns ``dataset, model, fold, seed, metric, value, synthetic`` for the runs of ``grid``."""
     rows = []
-    for dataset, model, seed in grid:
-        path = _run_dir(Path(root), dataset, model, seed) / "summary.json"
+    for dataset, model, fold, seed in grid:
+        path = run_dir(root, dataset, model, fold, seed) / "summary.json"
         summary = _read_json(path)
         for metric in get_info(dataset).metrics:
             value = summary.get(metric)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ResultsError(f"{path}: no numeric {metric!r}")
-            rows.append(dict(dataset=dataset, model=model, seed=int(seed), metric=metric, value=float(value),
-                             synthetic=bool(summary.get("synthetic"))))
-    return pd.DataFrame(rows, columns=["dataset", "model", "seed", "metric", "value", "synthetic"])
+            rows.append(dict(dataset=dataset, model=model, fold=int(fold), seed=int(seed), metric=metric,
+                             value=float(value), synthetic=bool(summary.get("synthetic"))))
+    return pd.DataFrame(rows, columns=["dataset", "model", "fold", "seed", "metric", "value", "synthetic"])
 
 
-def load_cases(root: str | Path, grid: Iterable[tuple[str, str, int]]) -> pd.DataFrame:
-    """Columns ``dataset, model, seed, case_id, metric, value``; BraTS/ACDC region means per case."""
+def load_cases(root: str | Path, grid: Iterable[tuple[str, str, int, int]]) -> pd.DataFrame:
+    """Columns ``dataset, model, fold, seed, case_id, metric, value``; BraTS/ACDC region means per case."""
     frames = []
-    for dataset, model, seed in grid:
-        path = _run_dir(Path(root), dataset, model, seed) / "per_case.csv"
+    for dataset, model, fold, seed in grid:
+        path = run_dir(root, dataset, model, fold, seed) / "per_case.csv"
         try:
             table = pd.read_csv(path, dtype={"case_id": str})
         except FileNotFoundError:
@@ -117,9 +121,40 @@ def load_cases(root: str | Path, grid: Iterable[tuple[str, str, int]]) -> pd.Dat
         if "case_id" not in table.columns or missing:
             raise ResultsError(f"{path}: missing columns {(['case_id'] if 'case_id' not in table else []) + missing}")
         long = table.melt(id_vars="case_id", value_vars=metrics, var_name="metric", value_name="value")
-        frames.append(long.assign(dataset=dataset, model=model, seed=int(seed)))
-    columns = ["dataset", "model", "seed", "case_id", "metric", "value"]
+        frames.append(long.assign(dataset=dataset, model=model, fold=int(fold), seed=int(seed)))
+    columns = ["dataset", "model", "fold", "seed", "case_id", "metric", "value"]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+BUDGET_COLUMNS = ("dataset", "model", "fold", "seed", "train_hours", "device_hours", "peak_memory_MiB",
+                  "peak_memory_kind", "device")
+
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def load_budget(root: str | Path, grid: Iterable[tuple[str, str, int, int]]) -> pd.DataFrame:
+    """Training budget per run (:data:`BUDGET_COLUMNS`) from ``train_done.json`` and ``log.csv``.
+
+    ``train_hours`` is the wall time of the epochs (``log.csv``'s seconds, validation included),
+    ``device_hours`` that times the processes (GPUs) of the run; NaN where a run predates them.
+    """
+    rows = []
+    for dataset, model, fold, seed in grid:
+        run = run_dir(root, dataset, model, fold, seed)
+        done = _read_json(run / "train_done.json")
+        seconds = _number(done.get("train_seconds"))
+        if math.isnan(seconds) and (run / "log.csv").is_file():
+            try:
+                seconds = float(pd.read_csv(run / "log.csv")["seconds"].sum())
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, KeyError) as err:
+                raise ResultsError(f"{run / 'log.csv'}: not a training log ({err})") from None
+        world = done.get("world_size") or 1
+        rows.append(dict(dataset=dataset, model=model, fold=int(fold), seed=int(seed), train_hours=seconds / 3600,
+                         device_hours=seconds * world / 3600, peak_memory_MiB=_number(done.get("peak_memory_MiB")),
+                         peak_memory_kind=done.get("peak_memory_kind") or "", device=done.get("device") or ""))
+    return pd.DataFrame(rows, columns=list(BUDGET_COLUMNS))
 
 
 def _median_ms(runtime: Mapping | None, mode: str) -> float:
@@ -205,14 +240,14 @@ def published(reference: pd.DataFrame, dataset: str, model: str, metric: str, so
     return float(hit.value.iloc[0]) if len(hit) else math.nan
 
 
-def provenance(root: str | Path, grid: Sequence[tuple[str, str, int]], configs: Sequence[str],
+def provenance(root: str | Path, grid: Sequence[tuple[str, str, int, int]], configs: Sequence[str],
                profiles: pd.DataFrame | None = None) -> dict:
     """Where the numbers came from: data kind, training and profiling devices, configs, commit."""
     from logvmamba.provenance import git_commit
 
     synthetic, devices = set(), set()
-    for dataset, model, seed in grid:
-        run = _run_dir(Path(root), dataset, model, seed)
+    for dataset, model, fold, seed in grid:
+        run = run_dir(root, dataset, model, fold, seed)
         synthetic.add(bool(_read_json(run / "summary.json").get("synthetic")))
         done = run / "train_done.json"
         if done.is_file():

@@ -63,8 +63,11 @@ __all__ = [
     "POINT_COLUMNS",
     "PUBLISHED_COLUMNS",
     "REFERENCE_COLOR",
+    "RANK_COLUMNS",
     "build_efficiency_figure",
+    "build_rank_figure",
     "efficiency_figure",
+    "rank_figure",
     "gap_text",
     "model_colors",
 ]
@@ -226,7 +229,7 @@ def build_efficiency_figure(
                for m in sorted(drawn, key=lambda m: (m != reference, m))]
     if drawn:
         handles.append(Line2D([], [], ls="none", marker="o", markersize=4, color="0.5", alpha=0.4,
-                              label="single seed"))
+                              label="single run"))
     if any_published:
         handles.append(Line2D([], [], ls="none", marker="o", markersize=7, markerfacecolor="none",
                               markeredgecolor="0.3", markeredgewidth=1.3, label="published (hollow)"))
@@ -353,7 +356,10 @@ def efficiency_figure(points: pd.DataFrame, published: pd.DataFrame | None, out_
     Raises:
         ValueError: ``points`` (or a non-empty ``published``) lacks a required column.
     """
-    fig = build_efficiency_figure(points, published, **options)
+    return _save(build_efficiency_figure(points, published, **options), out_png, out_pdf)
+
+
+def _save(fig: Figure, out_png: str | os.PathLike, out_pdf: str | os.PathLike) -> tuple[Path, Path]:
     out_png, out_pdf = Path(out_png), Path(out_pdf)
     # The temporary names end in .tmp, so the format is given explicitly; no dates or
     # version strings in the metadata keep reruns byte-identical.
@@ -364,3 +370,63 @@ def efficiency_figure(points: pd.DataFrame, published: pd.DataFrame | None, out_
         fig.savefig(tmp, format="pdf", bbox_inches="tight", pad_inches=0.1,
                     metadata={"Creator": "logvmamba", "Producer": None, "CreationDate": None})
     return out_png, out_pdf
+
+
+RANK_COLUMNS = ("dataset", "model", "rank", "probability")
+
+
+def build_rank_figure(ranks: pd.DataFrame, labels: Mapping[str, str] | None = None,
+                      titles: Mapping[str, str] | None = None, caption: str = "") -> Figure:
+    """One panel per dataset: a stacked bar per model of its bootstrap rank probabilities
+    (rank 1 darkest), models ordered by mean rank, as challenge reports draw rank stability."""
+    missing = [c for c in RANK_COLUMNS if c not in ranks.columns]
+    if missing:
+        raise ValueError(f"ranks lacks column(s) {missing}; it has {list(ranks.columns)}")
+    labels, titles = dict(labels or {}), dict(titles or {})
+    datasets = list(dict.fromkeys(ranks.dataset))
+    n_ranks = int(ranks["rank"].max()) if len(ranks) else 1
+    n_models = max([ranks[ranks.dataset == d].model.nunique() for d in datasets] or [1])
+    cols = max(1, min(len(datasets), _MAX_COLS))
+    rows = max(1, math.ceil(len(datasets) / cols))
+    width, height = _PANEL_W * cols, rows * (0.9 + 0.32 * n_models)
+    caption_text = textwrap.fill(caption, max(40, int(width * _CAPTION_CHARS_PER_INCH))) if caption else ""
+    caption_h = 0.125 * (caption_text.count("\n") + 1) + 0.45 if caption_text else 0.45
+    fig = Figure(figsize=(width, height + caption_h))
+    FigureCanvasAgg(fig)
+    cmap = colormaps["viridis"]
+    shades = [cmap(0.15 + 0.7 * k / max(1, n_ranks - 1)) for k in range(n_ranks)]
+    bottom = caption_h / (height + caption_h)
+    top = 1 - 0.45 / (height + caption_h)  # room for the legend above the panels
+    grid = fig.add_gridspec(rows, cols, left=0.12, right=0.98, top=top, bottom=bottom + 0.06 / rows, hspace=0.6,
+                            wspace=0.5)
+    for i, dataset in enumerate(datasets):
+        ax = fig.add_subplot(grid[i // cols, i % cols])
+        sub = ranks[ranks.dataset == dataset]
+        wide = sub.pivot(index="model", columns="rank", values="probability").fillna(0.0)
+        expected = (wide * wide.columns.to_numpy()).sum(axis=1)
+        order = list(expected.sort_values(kind="stable").index)[::-1]  # best at the top
+        left = np.zeros(len(order))
+        for k in range(1, n_ranks + 1):
+            share = wide.reindex(order)[k].to_numpy() if k in wide.columns else np.zeros(len(order))
+            ax.barh(range(len(order)), share, left=left, color=shades[k - 1], edgecolor="white", linewidth=0.5,
+                    label=f"rank {k}" if i == 0 else None, gid=f"bar:{dataset}:{k}")
+            left += share
+        first = wide.reindex(order)[1].to_numpy() if 1 in wide.columns else np.zeros(len(order))
+        for y, p in enumerate(first):
+            if p >= 0.15:  # the rank-1 probability, written where it fits
+                ax.text(p - 0.01, y, f"{p:.2f}", ha="right", va="center", fontsize=7, color="white")
+        ax.set_yticks(range(len(order)), [labels.get(m, m) for m in order], fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("probability over bootstrap resamples", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_title(titles.get(dataset, dataset), fontsize=9)
+    if datasets:
+        fig.legend(loc="upper center", ncol=min(n_ranks, 8), fontsize=7, frameon=False, bbox_to_anchor=(0.5, 1.0))
+    if caption_text:
+        fig.text(0.5, 0.01, caption_text, ha="center", va="bottom", fontsize=7, color="0.25")
+    return fig
+
+
+def rank_figure(ranks: pd.DataFrame, out_png: str | os.PathLike, out_pdf: str | os.PathLike, **options) -> tuple[Path, Path]:
+    """Draw the rank-stability figure (:func:`build_rank_figure`'s ``options``) and write PNG and PDF atomically."""
+    return _save(build_rank_figure(ranks, **options), out_png, out_pdf)

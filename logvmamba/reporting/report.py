@@ -14,6 +14,7 @@ from logvmamba.reporting.collect import (
     HIGHER_IS_BETTER,
     dataset_title,
     user_dataset_note,
+    load_budget,
     load_cases,
     load_profiles,
     load_reference,
@@ -22,7 +23,8 @@ from logvmamba.reporting.collect import (
     published,
 )
 
-__all__ = ["statistics_from_results", "tables_from_results", "figures_from_results", "figure_points", "FIGURE_AXES"]
+__all__ = ["statistics_from_results", "tables_from_results", "figures_from_results", "rank_figure_from_results",
+           "figure_points", "FIGURE_AXES"]
 
 # x column of the profile table, axis label, published metric (None: never published)
 FIGURE_AXES = {
@@ -56,7 +58,7 @@ def _collect(config: Mapping, root, reference_csv, configs, ablations: bool = Tr
 
     register_datasets(config)
     grid = run_grid(config, ablations=ablations)
-    pairs = list(dict.fromkeys((d, m) for d, m, _ in grid))
+    pairs = list(dict.fromkeys((d, m) for d, m, *_ in grid))
     runs = load_runs(root, grid)
     profiles = load_profiles(root, pairs, config["profile"]["devices"])
     prov = provenance(root, grid, configs, profiles)
@@ -68,9 +70,15 @@ def tables_from_results(config: Mapping, root: str | Path, reference_csv, config
     from logvmamba.reporting.tables import build_tables, write_tables
 
     grid, runs, profiles, reference, prov = _collect(config, root, reference_csv, configs)
-    datasets = list(dict.fromkeys(d for d, _, _ in grid))
+    datasets = list(dict.fromkeys(d for d, *_ in grid))
     stats = pd.concat([pd.read_csv(Path(out_dir) / f"stats_{d}.csv") for d in datasets], ignore_index=True)
-    tables = build_tables(config, runs, profiles, stats, reference, prov, datasets)
+    from logvmamba.reporting.claims import claims_table, rank_stability, rank_table
+
+    tables = build_tables(config, runs, profiles, stats, reference, prov, datasets, budget=load_budget(root, grid))
+    cases = load_cases(root, grid)
+    main = cases[cases.dataset.isin(config["datasets"]) & cases.model.isin(config["models"])]
+    tables += [rank_table(config, rank_stability(config, main, list(config["models"])), prov),
+               claims_table(config, cases, profiles, reference, prov)]
     return write_tables(tables, out_dir, prov)
 
 
@@ -101,7 +109,7 @@ def figure_points(runs: pd.DataFrame, profiles: pd.DataFrame, reference: pd.Data
     return points.reset_index(drop=True), pd.DataFrame(rows, columns=["dataset", "model", "score", "x", "source"])
 
 
-def _figure_caption(config: Mapping, prov: Mapping, x: str, device: str, profiles: pd.DataFrame, n_seeds: int,
+def _figure_caption(config: Mapping, prov: Mapping, x: str, device: str, profiles: pd.DataFrame, n_runs: int,
                     published: pd.DataFrame) -> str:
     from logvmamba.config import model_label
     from logvmamba.reporting.collect import SOURCES
@@ -122,14 +130,14 @@ def _figure_caption(config: Mapping, prov: Mapping, x: str, device: str, profile
     shown = published[published.x.notna() & published.score.notna()] if len(published) else published
     sources = "; ".join(f"{SOURCES[s]}" for s in dict.fromkeys(shown.source)) if len(shown) else "none for this axis"
     users = user_dataset_note(config["datasets"])
-    return (f"{data}.{' ' + users if users else ''} y: {metric}; x: {cost}. Stars: mean over seeds (up to {n_seeds}); dots: single seeds; "
+    return (f"{data}.{' ' + users if users else ''} y: {metric}; x: {cost}. Stars: mean over runs (folds x seeds, up to {n_runs}); dots: single runs; "
             f"arrows: gap of {ref} to the annotated baselines (x100). Hollow: published ({sources}). "
             f"Trained on {', '.join(prov['train_devices'])}; config {', '.join(prov['configs'])}; commit {prov['commit']}.")
 
 
 def figures_from_results(config: Mapping, root: str | Path, reference_csv, configs: Sequence[str], out_dir) -> list[Path]:
     """Figure 5 against GFLOPs, parameters and latency, PNG and PDF each."""
-    from logvmamba.config import model_label
+    from logvmamba.config import config_folds, model_label
     from logvmamba.reporting.figures import efficiency_figure
 
     _, runs, profiles, reference, prov = _collect(config, root, reference_csv, configs, ablations=False)
@@ -141,7 +149,7 @@ def figures_from_results(config: Mapping, root: str | Path, reference_csv, confi
     written = []
     for x, (_, x_label, _) in FIGURE_AXES.items():
         points, pub = figure_points(runs, profiles, reference, models, x, device)
-        caption = _figure_caption(config, prov, x, device, profiles, len(config["seeds"]), pub)
+        caption = _figure_caption(config, prov, x, device, profiles, len(config["seeds"]) * len(config_folds(config)), pub)
         written += efficiency_figure(
             points, pub, Path(out_dir) / f"figure5_{x}.png", Path(out_dir) / f"figure5_{x}.pdf",
             x_label=x_label, y_labels={d: info.figure_metric.replace("_mean", " mean") for d, info in registered().items()},
@@ -150,3 +158,26 @@ def figures_from_results(config: Mapping, root: str | Path, reference_csv, confi
             datasets=datasets,
         )
     return written
+
+
+def rank_figure_from_results(config: Mapping, root: str | Path, configs: Sequence[str], out_png, out_pdf) -> list[Path]:
+    """The rank-stability figure of the config's models on its datasets (main metric), PNG and PDF."""
+    from logvmamba.config import model_label, register_datasets, run_grid
+    from logvmamba.reporting.claims import rank_stability
+    from logvmamba.reporting.figures import rank_figure
+
+    register_datasets(config)
+    grid = run_grid(config, ablations=False)
+    cases = load_cases(root, grid)
+    ranks = rank_stability(config, cases, list(config["models"]))
+    prov = provenance(root, grid, configs)
+    data = ("Synthetic demo (reduced _test networks trained briefly): ranks on the demo, not the paper's"
+            if prov["data"] == "synthetic" else f"{prov['data'].capitalize()} data")
+    n_boot = config.get("report", {}).get("bootstrap", 10000)
+    metrics = ", ".join(f"{dataset_title(d)}: {get_info(d).main_metric}" for d in dict.fromkeys(ranks.dataset))
+    caption = (f"{data}. Rank stability: cases resampled with replacement ({n_boot} times), models re-ranked by the "
+               f"mean of the main metric ({metrics}); bar segments: probability of each rank (1: best). "
+               f"Trained on {', '.join(prov['train_devices'])}; config {', '.join(prov['configs'])}; commit {prov['commit']}.")
+    labels = {m: model_label(config, m) for m in config["models"]}
+    titles = {d: dataset_title(d) for d in dict.fromkeys(ranks.dataset)}
+    return list(rank_figure(ranks, out_png, out_pdf, labels=labels, titles=titles, caption=caption))

@@ -2,7 +2,7 @@
 
 Tables: ``main_2d`` (Endoscopy, Cell), ``main_3d`` (BraTS, ACDC), ``ablation_mixers``,
 ``ablation_placements``, ``efficiency`` and ``statistics``. Each of our cells is
-mean +- std over seeds with the number of seeds; the best of ours per column is bold;
+mean +- std over runs (folds x seeds) with the number of runs; the best of ours per column is bold;
 published values stand in their own columns, one per source; the caption says
 where the numbers came from. :func:`write_tables` is what the ``tables`` rule runs.
 """
@@ -22,7 +22,7 @@ from logvmamba.data import get_info
 from logvmamba.io import atomic_write_text
 from logvmamba.reporting.collect import HIGHER_IS_BETTER, SOURCES, dataset_title, published, user_dataset_note
 
-__all__ = ["Column", "Table", "table_names", "build_tables", "write_tables", "render_markdown", "render_latex",
+__all__ = ["Column", "Table", "table_names", "table_caption", "build_tables", "budget_table", "write_tables", "render_markdown", "render_latex",
            "render_html", "render_csv"]
 
 SOURCE_TAGS = {source: tag for source, tag in zip(SOURCES, "abcdefgh")}
@@ -62,7 +62,7 @@ def table_names(config: Mapping, datasets: Sequence[str]) -> list[str]:
     main = [d for d in datasets if d in config["datasets"]]
     names = [n for n, dims in (("main_2d", True), ("main_3d", False)) if any(_is_2d(d) == dims for d in main)]
     names += [f"ablation_{k}" for k in ("mixers", "placements") if ablations.get(k)]
-    return names + ["efficiency", "statistics"]
+    return names + ["efficiency", "statistics", "budget", "rank_stability", "claims"]
 
 
 # ---------------------------------------------------------------------------
@@ -78,7 +78,7 @@ def _display(metric: str) -> str:
 
 
 def _seed_stats(runs: pd.DataFrame) -> dict:
-    """(dataset, model, metric) -> (mean, std, n) over seeds."""
+    """(dataset, model, metric) -> (mean, std, n) over runs (folds x seeds)."""
     grouped = runs.groupby(["dataset", "model", "metric"])["value"]
     agg = grouped.agg(["mean", "std", "count"])
     return {k: (r["mean"], r["std"] if r["count"] > 1 else math.nan, int(r["count"])) for k, r in agg.iterrows()}
@@ -134,7 +134,9 @@ def _fill_row(row: dict, columns: Sequence[Column], model: str, seeds: dict, mar
     return row
 
 
-def _caption(prov: Mapping, config: Mapping, extra: str = "", stats_note: bool = True, ours: str | None = None) -> str:
+def table_caption(prov: Mapping, config: Mapping, extra: str = "", stats_note: bool = True, ours: str | None = None,
+             columns: Sequence[Column] | None = None) -> str:
+    """``columns``: the table's, whose published sources the caption names (None: every source)."""
     ref = config.get("report", {}).get("reference", "logvmamba")
     from logvmamba.config import model_label
 
@@ -146,13 +148,15 @@ def _caption(prov: Mapping, config: Mapping, extra: str = "", stats_note: bool =
     nets = ("reduced _test networks trained briefly" if config.get("model_variant") == "test"
             else "paper-size networks")
     if ours is None:
-        ours = f"Ours: mean ± std over seeds (number of seeds), {nets}; bold: best of ours per column."
+        ours = f"Ours: mean ± std over runs (folds x seeds; number of runs), {nets}; bold: best of ours per column."
     parts = [data + ".", user_dataset_note(config["datasets"]), ours]
     if stats_note:
         parts.append(f"↓ / ↑: {model_label(config, ref)} is significantly better / worse than this row "
                      f"(paired Wilcoxon signed-rank test over cases, Holm-adjusted p < {ALPHA}).")
     parts.append(extra)
-    parts.append("Published: " + "; ".join(f"[{SOURCE_TAGS[s]}] {text}" for s, text in SOURCES.items()) + ".")
+    used = set(SOURCES) if columns is None else {c.source for c in columns if c.source}
+    if used:
+        parts.append("Published: " + "; ".join(f"[{SOURCE_TAGS[s]}] {text}" for s, text in SOURCES.items() if s in used) + ".")
     parts.append(f"Trained on {', '.join(prov['train_devices'])}; config {', '.join(prov['configs'])}; "
                  f"commit {prov['commit']}.")
     return " ".join(p for p in parts if p)
@@ -175,7 +179,8 @@ def _model_table(name, title, datasets, models, field_name, runs, profiles, stat
 
     seeds, marks = _seed_stats(runs), _marks(stats)
     columns = [c for d in datasets for c in _metric_columns(d, metrics[d], models, reference, with_cost)]
-    caption = _caption(prov, config, _cost_note(profiles[profiles.dataset.isin(datasets)]) if with_cost else "")
+    caption = table_caption(prov, config, _cost_note(profiles[profiles.dataset.isin(datasets)]) if with_cost else "",
+                       columns=columns)
     table = Table(name, title, caption, ["Model"], columns)
     for model in models:
         if not any((d, model, metrics[d][0]) in seeds for d in datasets):
@@ -211,8 +216,8 @@ def _efficiency_table(profiles, reference, config, prov) -> Table:
              f"(inference: forward under inference_mode; train step: forward, backward, optimizer step). "
              f"Inputs: {sizes}. Devices: {devices}. Bold: lowest per dataset and device.")
     title = "Efficiency: parameters, FLOPs, latency and memory"
-    caption = _caption(prov, config, extra, stats_note=False,
-                       ours="Ours: the paper's architectures, measured by the suite's profile rule.")
+    caption = table_caption(prov, config, extra, stats_note=False,
+                       ours="Ours: the paper's architectures, measured by the suite's profile rule.", columns=cols)
     table = Table("efficiency", title, caption, ["Dataset", "Model", "Device"], cols)
     for r in profiles.itertuples():
         row = {"Dataset": _title(r.dataset), "Model": model_label(config, r.model), "Device": r.device,
@@ -229,15 +234,18 @@ def _efficiency_table(profiles, reference, config, prov) -> Table:
 def _statistics_table(stats: pd.DataFrame, config, prov) -> Table:
     from logvmamba.config import model_label
 
-    cols = [Column("n_cases", "Cases", 0), Column("n_seeds", "Seeds", 0),
+    cols = [Column("n_cases", "Cases", 0), Column("n_runs", "Runs", 0),
             Column("mean", "Mean", 4), Column("ci_low", "95% CI low", 4), Column("ci_high", "95% CI high", 4),
-            Column("diff", "Ref. − model", 4), Column("p_value", "p", 4), Column("p_holm", "p (Holm)", 4)]
+            Column("diff", "Ref. − model", 4), Column("diff_ci_low", "Diff. CI low", 4),
+            Column("diff_ci_high", "Diff. CI high", 4), Column("p_value", "p", 4), Column("p_holm", "p (Holm)", 4)]
     ref = config.get("report", {}).get("reference", "logvmamba")
-    extra = (f"Main metric per dataset. CI: percentile bootstrap over cases of the mean of the per-case seed means "
-             f"({config.get('report', {}).get('bootstrap', 10000)} resamples). p: two-sided Wilcoxon signed-rank test "
+    extra = (f"Main metric per dataset. Runs: folds x seeds. CI: percentile bootstrap over cases of the mean of the "
+             f"per-case means over runs "
+             f"({config.get('report', {}).get('bootstrap', 10000)} resamples). Ref. − model: mean paired difference over "
+             f"the cases both scored, with its paired bootstrap 95% CI (Diff. CI). p: two-sided Wilcoxon signed-rank test "
              f"of {model_label(config, ref)} against the row over paired cases; Holm over the rows of a dataset. "
              "All metrics: stats_<dataset>.csv.")
-    caption = _caption(prov, config, extra, stats_note=False, ours="")
+    caption = table_caption(prov, config, extra, stats_note=False, ours="", columns=cols)
     table = Table("statistics", "Statistics: bootstrap confidence intervals and paired tests", caption,
                   ["Dataset", "Metric", "Model"], cols)
     for dataset, group in stats.groupby("dataset", sort=False):
@@ -252,9 +260,47 @@ def _statistics_table(stats: pd.DataFrame, config, prov) -> Table:
     return table
 
 
+def budget_table(config: Mapping, budget: pd.DataFrame, reference: pd.DataFrame, prov: Mapping) -> Table:
+    """The training budget per dataset and model (``budget``), with nnU-Net Revisited's published budgets."""
+    from logvmamba.config import model_label
+
+    source = "nnunet-revisited-table"
+    tag = SOURCE_TAGS[source]
+    cols = [Column("runs", "Runs", 0), Column("train_minutes", "Wall time per run (min)", 1, higher=False),
+            Column("device_hours", "Device-hours, all runs", 4, higher=False),
+            Column("peak_memory_MiB", "Peak memory (MiB)", 0, higher=False), Column("memory", "Memory measured as", 0),
+            Column("train_hours_pub", f"pub. [{tag}] hours", 0, source=source),
+            Column("train_vram_gb_pub", f"pub. [{tag}] VRAM (GB)", 1, source=source)]
+    kinds = {"cuda_allocated": "CUDA max allocated", "cpu_max_rss": "CPU max resident set"}
+    extra = ("Budget of our training runs from their train_done.json and log.csv: wall time of the epochs "
+             "(validation included, summed over resumed processes), device-hours = wall time x processes, "
+             "peak memory of the training process (on a GPU torch's max allocated, on a CPU the process's max "
+             "resident set, which includes the Python runtime). Comparisons at a matched budget read these columns. "
+             f"Published [{tag}]: training time and nvidia-smi VRAM on one A100 40GB, averaged over datasets "
+             "(the paper-size networks and 1000 epochs, so not comparable with a reduced run).")
+    table = Table("budget", "Training budget: wall time, device-hours and peak memory", table_caption(
+        prov, config, extra, stats_note=False, ours="", columns=cols), ["Dataset", "Model", "Device"], cols)
+    for (dataset, model), group in budget.groupby(["dataset", "model"], sort=False):
+        row = {"Dataset": _title(dataset), "Model": model_label(config, model),
+               "Device": ", ".join(sorted(set(group.device) - {""})) or "–", "_group": dataset, "_model": model}
+        row["runs"] = (float(len(group)), math.nan, None, "")
+        row["train_minutes"] = (float(group.train_hours.mean()) * 60, math.nan, None, "")
+        row["device_hours"] = (float(group.device_hours.sum(min_count=1)), math.nan, None, "")
+        row["peak_memory_MiB"] = (float(group.peak_memory_MiB.max()), math.nan, None, "")
+        row["memory"] = ", ".join(kinds.get(k, k) for k in sorted(set(group.peak_memory_kind) - {""})) or "–"
+        for key, metric in (("train_hours_pub", "train_hours"), ("train_vram_gb_pub", "train_vram_gb")):
+            hit = reference[(reference.source == source) & (reference.dataset == "all")
+                            & (reference.method == model) & (reference.metric == metric)]
+            row[key] = float(hit.value.iloc[0]) if len(hit) else math.nan
+        table.rows.append(row)
+    return table
+
+
 def build_tables(config: Mapping, runs: pd.DataFrame, profiles: pd.DataFrame, stats: pd.DataFrame,
-                 reference: pd.DataFrame, prov: Mapping, datasets: Sequence[str]) -> list[Table]:
-    """Every table of :func:`table_names`, in that order."""
+                 reference: pd.DataFrame, prov: Mapping, datasets: Sequence[str],
+                 budget: pd.DataFrame | None = None) -> list[Table]:
+    """The tables of :func:`table_names` in that order, but ``rank_stability`` and ``claims``
+    (:mod:`logvmamba.reporting.claims`) and, without ``budget``, ``budget``."""
     from logvmamba.config import ablation_models
 
     main = [d for d in datasets if d in config["datasets"]]
@@ -269,7 +315,7 @@ def build_tables(config: Mapping, runs: pd.DataFrame, profiles: pd.DataFrame, st
             kind = name.split("_", 1)[1]
             abl = config["ablations"]
             ds = [d for d in abl.get("datasets", config["datasets"]) if d in datasets]
-            title = ("Ablation: token mixers (vanilla, L, G, LoG)" if kind == "mixers"
+            title = ("Ablation: token mixers (vanilla, L, G, LoG; no Mamba: the control)" if kind == "mixers"
                      else "Ablation: global-token placement (head, center, split, interleaved)")
             tables.append(_model_table(name, title, ds, abl[kind], "ablation_metrics", runs, profiles, stats, reference,
                                        config, prov))
@@ -279,8 +325,10 @@ def build_tables(config: Mapping, runs: pd.DataFrame, profiles: pd.DataFrame, st
             ordered = profiles.assign(_d=profiles.dataset.map(rank), _m=profiles.model.map(models)).sort_values(
                 ["_d", "device", "_m"], kind="stable")
             tables.append(_efficiency_table(ordered, reference, config, prov))
-        else:
+        elif name == "statistics":
             tables.append(_statistics_table(stats, config, prov))
+        elif name == "budget" and budget is not None:
+            tables.append(budget_table(config, budget, reference, prov))
     return tables
 
 
@@ -313,6 +361,8 @@ def _number(value: float, decimals: int) -> str:
 
 def _text(cell, col: Column, fmt: str) -> str:
     """One cell as text; ``fmt`` is md, tex or html."""
+    if isinstance(cell, str):
+        return _tex_escape(cell) if fmt == "tex" else cell
     if not isinstance(cell, tuple):
         if col.source is not None:  # published values as printed in their source (33, 55.9, 0.6264)
             return "–" if cell is None or math.isnan(cell) else f"{cell:g}"

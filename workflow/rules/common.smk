@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from logvmamba.config import RECIPES, check_models, dataset_recipe, model_spec, register_datasets, weight_recipe
+from logvmamba.config import RECIPES, check_models, dataset_recipe, evaluate_on, model_spec, register_datasets, weight_recipe
 from logvmamba.config import run_grid as config_run_grid
 from logvmamba.data import DATASETS
 from logvmamba.reporting.tables import table_names
@@ -17,6 +17,7 @@ REFERENCE = f"{workflow.basedir}/results/reference/reference_results.csv"
 wildcard_constraints:
     dataset="|".join([*DATASETS, *config["dataset_folders"]]),
     seed=r"\d+",
+    fold=r"[0-4]",
     device="cpu|cuda",
 
 
@@ -25,12 +26,12 @@ def run_grid(dataset=None, ablations=True):
 
 
 def run_datasets():
-    return list(dict.fromkeys(d for d, _, _ in run_grid()))
+    return list(dict.fromkeys(d for d, *_ in run_grid()))
 
 
 def run_paths(pattern, runs):
-    """A rule's output ``pattern`` for each (dataset, model, seed) of ``runs``."""
-    return [pattern.format(dataset=d, model=m, seed=s) for d, m, s in runs]
+    """A rule's output ``pattern`` for each (dataset, model, fold, seed) of ``runs``."""
+    return [pattern.format(dataset=d, model=m, fold=f, seed=s) for d, m, f, s in runs]
 
 
 def all_metric_files(dataset=None, ablations=True):
@@ -56,7 +57,7 @@ def predict_settings(wildcards):
 
 def all_profile_files(ablations=True):
     """One profile per configured model x dataset x device."""
-    pairs = dict.fromkeys((d, m) for d, m, _ in run_grid(ablations=ablations))
+    pairs = dict.fromkeys((d, m) for d, m, *_ in run_grid(ablations=ablations))
     devices = config["profile"]["devices"]
     return [rules.profile.output.json.format(dataset=d, model=m, device=x) for d, m in pairs for x in devices]
 

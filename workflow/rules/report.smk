@@ -14,6 +14,7 @@ rule stats:
 rule tables:
     input:
         metrics=all_metric_files(),
+        per_case=[p.replace("summary.json", "per_case.csv") for p in all_metric_files()],
         profiles=all_profile_files(),
         stats=stats_files(),
         published=REFERENCE,
@@ -58,3 +59,18 @@ rule plot_efficiency:
         "../envs/suite.yaml"
     script:
         "../scripts/plot_efficiency.py"
+
+
+rule plot_ranks:
+    input:
+        per_case=[p.replace("summary.json", "per_case.csv") for p in all_metric_files(ablations=False)],
+        configs=config_files(),
+    output:
+        png=report("results/figures/rank_stability.png", caption="../report/ranks.rst", category="Statistics"),
+        pdf="results/figures/rank_stability.pdf",
+    log:
+        "logs/plot_ranks.log",
+    conda:
+        "../envs/suite.yaml"
+    script:
+        "../scripts/plot_ranks.py"

@@ -3,13 +3,13 @@ rule train:
         marker=rules.prepare_data.output.marker,
         splits=rules.split.output.splits,
     output:
-        checkpoint="results/{dataset}/{model}/seed{seed}/checkpoint_best.pt",
-        log_csv="results/{dataset}/{model}/seed{seed}/log.csv",
-        done="results/{dataset}/{model}/seed{seed}/train_done.json",
+        checkpoint="results/{dataset}/{model}/fold{fold}/seed{seed}/checkpoint_best.pt",
+        log_csv="results/{dataset}/{model}/fold{fold}/seed{seed}/log.csv",
+        done="results/{dataset}/{model}/fold{fold}/seed{seed}/train_done.json",
     log:
-        "logs/train/{dataset}/{model}/seed{seed}.log",
+        "logs/train/{dataset}/{model}/fold{fold}/seed{seed}.log",
     params:
-        fold=config["fold"],
+        fold=lambda w: int(w.fold),
         recipe=train_recipe,
     resources:
         gpu=1,
@@ -24,11 +24,12 @@ rule predict:
         marker=rules.prepare_data.output.marker,
         checkpoint=rules.train.output.checkpoint,
     output:
-        predictions=directory("results/{dataset}/{model}/seed{seed}/predictions"),
+        predictions=directory("results/{dataset}/{model}/fold{fold}/seed{seed}/predictions"),
     log:
-        "logs/predict/{dataset}/{model}/seed{seed}.log",
+        "logs/predict/{dataset}/{model}/fold{fold}/seed{seed}.log",
     params:
-        fold=config["fold"],
+        fold=lambda w: int(w.fold),
+        evaluate_on=lambda w: evaluate_on(config, w.dataset),
         inference=predict_settings,
     resources:
         gpu=1,
@@ -43,12 +44,13 @@ rule evaluate:
         marker=rules.prepare_data.output.marker,
         predictions=rules.predict.output.predictions,
     output:
-        summary="results/{dataset}/{model}/seed{seed}/summary.json",
-        per_case="results/{dataset}/{model}/seed{seed}/per_case.csv",
+        summary="results/{dataset}/{model}/fold{fold}/seed{seed}/summary.json",
+        per_case="results/{dataset}/{model}/fold{fold}/seed{seed}/per_case.csv",
     log:
-        "logs/evaluate/{dataset}/{model}/seed{seed}.log",
+        "logs/evaluate/{dataset}/{model}/fold{fold}/seed{seed}.log",
     params:
-        fold=config["fold"],
+        fold=lambda w: int(w.fold),
+        evaluate_on=lambda w: evaluate_on(config, w.dataset),
     conda:
         "../envs/suite.yaml"
     script:

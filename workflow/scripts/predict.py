@@ -12,4 +12,4 @@ logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %
 torch.set_num_threads(snakemake.threads)  # Snakemake runs jobs side by side; one pool per job
 settings = snakemake.params.inference
 predict_run(snakemake.input.marker, snakemake.input.checkpoint, snakemake.output.predictions, snakemake.params.fold,
-            tta=settings["tta"], overlap=settings["overlap"])
+            tta=settings["tta"], overlap=settings["overlap"], evaluate_on=snakemake.params.evaluate_on)

@@ -1,4 +1,4 @@
-"""Train one model on one dataset with one seed (Snakemake script)."""
+"""Train one model on one fold of one dataset with one seed (Snakemake script)."""
 
 import logging
 import sys
