@@ -179,6 +179,29 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+def backward_context(device: torch.device, dtype: torch.dtype | None):
+    """Where the backward pass of a step runs: without oneDNN under CPU bfloat16 autocast.
+
+    oneDNN's bfloat16 Conv3d weight gradient (torch 2.14.1) returns uninitialised values,
+    up to inf and NaN, on maps with two sides of 2 voxels (the bottleneck of a small
+    3D patch); PyTorch's own kernel is exact there and about 5x slower.
+    """
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        return _without_onednn()
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _without_onednn():
+    # Not torch.backends.mkldnn.flags: its exit sets allow_tf32, which warns on every step.
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = enabled
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -411,7 +434,8 @@ def train(
                        if amp_dtype is not None else "")
                 )
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            with backward_context(device, amp_dtype):
+                scaler.scale(loss).backward()
             if recipe["grad_clip"]:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(model.parameters(), recipe["grad_clip"])

@@ -83,6 +83,7 @@ def measure(model: str, spatial_dims: int, in_channels: int, out_channels: int, 
 
     from logvmamba import create_model
     from logvmamba.ops import resolve_backend
+    from logvmamba.train import backward_context
 
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} is not one of {MODES}")
@@ -112,7 +113,8 @@ def measure(model: str, spatial_dims: int, in_channels: int, out_channels: int, 
                 scaler.step(opt)
                 scaler.update()
             else:
-                loss.backward()
+                with backward_context(dev, amp_dtype if amp else None):  # as the trainer runs it
+                    loss.backward()
                 opt.step()
             sync()
     else:
