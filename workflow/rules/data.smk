@@ -3,6 +3,8 @@ rule prepare_data:
         marker="resources/prepared/{dataset}.json",
     log:
         "logs/prepare_data/{dataset}.log",
+    benchmark:
+        "logs/benchmark/prepare_data/{dataset}.tsv",
     params:
         data_root=config["data_root"],
         synthetic=config["synthetic"],
@@ -22,6 +24,8 @@ rule split:
         splits="results/{dataset}/splits_final.json",
     log:
         "logs/split/{dataset}.log",
+    benchmark:
+        "logs/benchmark/split/{dataset}.tsv",
     conda:
         "../envs/suite.yaml"
     script:

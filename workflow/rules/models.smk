@@ -3,6 +3,8 @@ rule summarize_models:
         csv="results/models/parameters.csv",
     log:
         "logs/summarize_models.log",
+    benchmark:
+        "logs/benchmark/summarize_models.tsv",
     conda:
         "../envs/suite.yaml"
     script:
@@ -14,6 +16,8 @@ rule profile:
         json="results/{dataset}/{model}/profile_{device}.json",
     log:
         "logs/profile/{dataset}/{model}/{device}.log",
+    benchmark:
+        "logs/benchmark/profile/{dataset}/{model}/{device}.tsv",
     params:
         spec=paper_spec,
         settings=profile_params,

@@ -5,6 +5,8 @@ rule stats:
         csv="results/tables/stats_{dataset}.csv",
     log:
         "logs/stats/{dataset}.log",
+    benchmark:
+        "logs/benchmark/stats/{dataset}.tsv",
     conda:
         "../envs/suite.yaml"
     script:
@@ -34,6 +36,8 @@ rule tables:
         provenance="results/tables/provenance.json",
     log:
         "logs/tables.log",
+    benchmark:
+        "logs/benchmark/tables.tsv",
     conda:
         "../envs/suite.yaml"
     script:
@@ -55,6 +59,8 @@ rule plot_efficiency:
         pdf=[path for path in figure_files() if path.endswith(".pdf")],
     log:
         "logs/plot_efficiency.log",
+    benchmark:
+        "logs/benchmark/plot_efficiency.tsv",
     conda:
         "../envs/suite.yaml"
     script:
@@ -70,6 +76,8 @@ rule plot_ranks:
         pdf="results/figures/rank_stability.pdf",
     log:
         "logs/plot_ranks.log",
+    benchmark:
+        "logs/benchmark/plot_ranks.tsv",
     conda:
         "../envs/suite.yaml"
     script:

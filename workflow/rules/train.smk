@@ -8,6 +8,8 @@ rule train:
         done="results/{dataset}/{model}/fold{fold}/seed{seed}/train_done.json",
     log:
         "logs/train/{dataset}/{model}/fold{fold}/seed{seed}.log",
+    benchmark:
+        "logs/benchmark/train/{dataset}/{model}/fold{fold}/seed{seed}.tsv",
     params:
         fold=lambda w: int(w.fold),
         recipe=train_recipe,
@@ -27,6 +29,8 @@ rule predict:
         predictions=directory("results/{dataset}/{model}/fold{fold}/seed{seed}/predictions"),
     log:
         "logs/predict/{dataset}/{model}/fold{fold}/seed{seed}.log",
+    benchmark:
+        "logs/benchmark/predict/{dataset}/{model}/fold{fold}/seed{seed}.tsv",
     params:
         fold=lambda w: int(w.fold),
         evaluate_on=lambda w: evaluate_on(config, w.dataset),
@@ -48,6 +52,8 @@ rule evaluate:
         per_case="results/{dataset}/{model}/fold{fold}/seed{seed}/per_case.csv",
     log:
         "logs/evaluate/{dataset}/{model}/fold{fold}/seed{seed}.log",
+    benchmark:
+        "logs/benchmark/evaluate/{dataset}/{model}/fold{fold}/seed{seed}.tsv",
     params:
         fold=lambda w: int(w.fold),
         evaluate_on=lambda w: evaluate_on(config, w.dataset),
