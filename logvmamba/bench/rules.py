@@ -12,12 +12,9 @@ seconds exceed the run's wall time.
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 import pandas as pd
-
-log = logging.getLogger(__name__)
 
 
 def rule_times(root: str | Path) -> pd.DataFrame:
@@ -32,8 +29,9 @@ def rule_times(root: str | Path) -> pd.DataFrame:
             raise ValueError(f"{tsv}: not a Snakemake benchmark file ({err})") from None
         if "s" not in frame.columns or frame.empty:
             raise ValueError(f"{tsv}: not a Snakemake benchmark file (no 's' column or no row)")
-        rss = pd.to_numeric(frame.get("max_rss", pd.Series(dtype=float)), errors="coerce")
-        rows.append(dict(rule=rule, s=float(frame["s"].iloc[-1]), max_rss=rss.iloc[-1] if len(rss) else float("nan")))
+        # Snakemake writes "NA" where it could not read a job's memory.
+        rss = pd.to_numeric(frame["max_rss"], errors="coerce").iloc[-1] if "max_rss" in frame else float("nan")
+        rows.append(dict(rule=rule, s=float(frame["s"].iloc[-1]), max_rss=rss))
     if not rows:
         raise ValueError(f"{root}: no benchmark files (run the workflow first)")
     jobs = pd.DataFrame(rows)
