@@ -37,7 +37,8 @@ __all__ = [
 
 #: Recipe keys that change how a trained model is used or how fast it trains, not its
 #: weights: changing them must never throw a finished training away.
-INFERENCE_KEYS = frozenset({"tta", "overlap", "num_workers", "val_every", "val_cases", "label"})
+INFERENCE_KEYS = frozenset({"tta", "overlap", "num_workers", "val_every", "val_cases", "label", "cache",
+                            "sw_batch_size"})
 
 #: The checkout (tests and the workflow's example configs); not part of an installed wheel.
 ROOT = Path(__file__).resolve().parents[1]

@@ -88,23 +88,23 @@ def _regions_order(ds: RawDataset) -> list[int] | None:
 
 
 def predict_resampled(model, image: torch.Tensor, spacing, target_spacing, patch_size, overlap=0.5,
-                      tta=False) -> torch.Tensor:
+                      tta=False, sw_batch_size: int = 1) -> torch.Tensor:
     """Logits on the image's own grid; with ``target_spacing`` the network sees the image resampled
     to it and its logits are resampled back (linear), as nnU-Net predicts."""
     if target_spacing is None or spacing is None:
-        return predict_logits(model, image, patch_size, overlap, tta)
+        return predict_logits(model, image, patch_size, overlap, tta, sw_batch_size)
     from logvmamba.data.loading import resample, resampled_size
 
     size = resampled_size(image.shape[1:], spacing, target_spacing)
-    logits = predict_logits(model, resample(image, size), patch_size, overlap, tta)
+    logits = predict_logits(model, resample(image, size), patch_size, overlap, tta, sw_batch_size)
     return resample(logits, image.shape[1:])
 
 
 def predict_case(model, ds: RawDataset, case_id: str, patch_size, overlap=0.5, tta=False, subset=None,
-                 target_spacing=None):
+                 target_spacing=None, sw_batch_size: int = 1):
     """(label map, loaded case) for one case of ``ds``; ``target_spacing``: the training's resampling."""
     case = load_case(ds, case_id, subset=subset)
-    logits = predict_resampled(model, case.image, case.spacing, target_spacing, patch_size, overlap, tta)
+    logits = predict_resampled(model, case.image, case.spacing, target_spacing, patch_size, overlap, tta, sw_batch_size)
     return logits_to_label(logits, _regions_order(ds)), case
 
 
@@ -124,6 +124,7 @@ def predict_dataset(
     tta: bool = False,
     subset: str | None = None,
     target_spacing: Sequence[float] | None = None,
+    sw_batch_size: int = 1,
 ) -> list[Path]:
     """Predict and save every case of a dataset; returns the written files."""
     from tqdm import tqdm
@@ -131,7 +132,7 @@ def predict_dataset(
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     paths = []
     for case_id in tqdm(case_ids, desc="predict", disable=not sys.stderr.isatty(), leave=False):
-        label, case = predict_case(model, ds, case_id, patch_size, overlap, tta, subset, target_spacing)
+        label, case = predict_case(model, ds, case_id, patch_size, overlap, tta, subset, target_spacing, sw_batch_size)
         paths.append(save_prediction(label, case.case_id, out_dir, ds.file_ending, like=case))
     logger.info("%d prediction(s) written to %s", len(paths), out_dir)
     return paths

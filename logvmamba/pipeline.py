@@ -93,7 +93,7 @@ def predict_run(marker, checkpoint, out_dir, fold: int, tta: bool | None = None,
     tmp = Path(str(out_dir) + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     paths = predict_dataset(model, ds, evaluation_cases(ds, fold, evaluate_on), tmp, inference["patch_size"], overlap, tta,
-                            target_spacing=inference.get("target_spacing"))
+                            target_spacing=inference.get("target_spacing"), sw_batch_size=inference.get("sw_batch_size", 1))
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     return [Path(out_dir) / p.name for p in paths]

@@ -248,6 +248,53 @@ def _case_spacing(ds: RawDataset, case_id: str) -> list[float]:
     return list(affine_spacing(nib.load(str(path)).affine))  # header only: the voxels are not read
 
 
+# ----------------------------------------------------------------------------- data
+
+
+CACHE_BYTES = 256 * 2**20  # on disk; "auto" caches a dataset this small (decoded it takes a few times more)
+
+
+def _cached(ds: RawDataset, cases: list, cache) -> bool:
+    """Whether training keeps the cases read and normalised in memory (the recipe's ``cache``)."""
+    if cache in (True, False):
+        return cache
+    if cache != "auto":
+        raise ValueError(f"cache must be true, false or 'auto', got {cache!r}")
+    files = [p for c in cases for p in (*ds.get(c).images, ds.get(c).label) if p is not None]
+    return sum(Path(p).stat().st_size for p in files) <= CACHE_BYTES
+
+
+class TrainLoader:
+    """The training cases read once; :meth:`epoch` gives an epoch's loader over them.
+
+    With the recipe's ``cache`` the deterministic head of the transforms (reading,
+    cropping to the foreground, normalising, padding) runs once per case and only the
+    random tail per draw; the draws are the same either way (see
+    :class:`logvmamba.data.loading.SeededDraws`).
+    """
+
+    def __init__(self, ds: RawDataset, recipe: dict, fold: int = 0, rank: int = 0, world: int = 1):
+        from logvmamba.data.loading import make_dataset
+
+        self.recipe, self.rank, self.world = recipe, rank, world
+        cases = split_case_ids(ds, "train", fold)
+        self.cache = _cached(ds, cases, recipe.get("cache", "auto"))
+        self.data = make_dataset(ds, "train", fold, recipe["patch_size"], cache=self.cache,
+                                 spacing=recipe.get("target_spacing"))
+
+    def epoch(self, seed: int, samples: int | None = None):
+        """The loader of an epoch seeded with ``seed`` (``samples``: default iterations x batch)."""
+        from monai.data import DataLoader
+
+        from logvmamba.data.loading import EpochSampler, SeededDraws
+
+        recipe = self.recipe
+        samples = recipe["iterations"] * recipe["batch_size"] if samples is None else samples
+        sampler = EpochSampler(len(self.data), samples, recipe["batch_size"], seed, self.rank, self.world)
+        return DataLoader(SeededDraws(self.data, seed), batch_size=recipe["batch_size"] // self.world, sampler=sampler,
+                          num_workers=recipe["num_workers"], generator=torch.Generator().manual_seed(int(seed)))
+
+
 # ----------------------------------------------------------------------------- validation
 
 
@@ -264,7 +311,7 @@ def validate(model: nn.Module, ds: RawDataset, case_ids, recipe: dict, rank: int
     rows = []
     for index in range(rank, len(case_ids), world):
         pred, case = predict_case(model, ds, case_ids[index], recipe["patch_size"], recipe["overlap"],
-                                  target_spacing=recipe.get("target_spacing"))
+                                  target_spacing=recipe.get("target_spacing"), sw_batch_size=recipe.get("sw_batch_size", 1))
         rows.append((index, score_case(ds.info, pred, case)))
     if world > 1:
         shares = [None] * world
@@ -333,8 +380,6 @@ def train(
     """
     from tqdm import tqdm
 
-    from logvmamba.data import make_loader
-
     rank, world = _distributed()
     if recipe["batch_size"] % world:
         raise ValueError(f"batch_size {recipe['batch_size']} is the global batch and must divide by the {world} processes")
@@ -362,7 +407,7 @@ def train(
     def state(epoch: int, resumable: bool) -> dict:
         out = dict(model=model.state_dict(), model_args=args, data=data,
                    inference=dict(patch_size=list(recipe["patch_size"]), overlap=recipe["overlap"], tta=recipe["tta"],
-                                  target_spacing=recipe.get("target_spacing")),
+                                  target_spacing=recipe.get("target_spacing"), sw_batch_size=recipe.get("sw_batch_size", 1)),
                    recipe=recipe, seed=seed, fold=fold, epoch=epoch, best=best, log=log_rows)
         if resumable:
             out.update(optimizer=optimizer.state_dict(), scaler=scaler.state_dict())
@@ -394,6 +439,7 @@ def train(
             if rank == 0:
                 logger.info("%s: resuming after epoch %d of %d", last_path, start_epoch, recipe["epochs"])
 
+    cases = TrainLoader(ds, recipe, fold, rank, world)
     net, trained = model, None
     show = progress and rank == 0 and sys.stderr.isatty()
     for epoch in range(start_epoch, recipe["epochs"]):
@@ -411,12 +457,7 @@ def train(
         lr = lr_at(epoch, recipe)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loader = make_loader(
-            ds, "train", fold=fold, patch_size=recipe["patch_size"], batch_size=recipe["batch_size"],
-            seed=_epoch_seed(seed, epoch), num_workers=recipe["num_workers"],
-            samples_per_epoch=recipe["iterations"] * recipe["batch_size"], rank=rank, world_size=world,
-            spacing=recipe.get("target_spacing"),
-        )
+        loader = cases.epoch(_epoch_seed(seed, epoch))
         net.train()
         losses = []
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{recipe['epochs']}", disable=not show, leave=False)

@@ -155,3 +155,55 @@ def test_transforms_validate_arguments(synth_root):
         make_transforms(ds, train=True, patch_size=(8, 8), sampling="centre")
     with pytest.raises(ValueError, match="normalization must be"):
         make_transforms(ds, train=False, normalization="minmax")
+
+
+@pytest.mark.parametrize("key", ["endoscopy", "brats"])
+def test_cache_reads_each_case_once_and_changes_no_batch(synth_root, key, monkeypatch):
+    from logvmamba.train import TrainLoader
+
+    ds = RawDataset(_folder(synth_root, key))
+    reads = []
+    original = RawDataset.read_case
+    monkeypatch.setattr(RawDataset, "read_case", lambda self, files: reads.append(files) or original(self, files))
+    recipe = dict(patch_size=ds.info.synthetic_patch_size, batch_size=2, iterations=6, num_workers=0)
+    batches = {}
+    for cache in (True, False):
+        reads.clear()
+        loader = TrainLoader(ds, dict(recipe, cache=cache), fold=0)
+        batches[cache] = [b for seed in (3, 4) for b in loader.epoch(seed)]
+        draws = 2 * 6 * 2
+        assert len(reads) == (len(loader.data) if cache else draws)
+    for x, y in zip(batches[True], batches[False], strict=True):
+        assert x["case_id"] == y["case_id"]
+        assert torch.equal(x["image"], y["image"]) and torch.equal(x["label"], y["label"])
+
+
+def test_png_reader_equals_monai_pil_reader(synth_root):
+    from monai.data import PILReader
+
+    from logvmamba.data.formats import read_image_file
+
+    ds = RawDataset(_folder(synth_root, "endoscopy"))
+    files = ds.get(ds.case_ids()[0])
+    for path, kind in ((files.images[0], "image"), (files.label, "label")):
+        reader = PILReader(reverse_indexing=False)
+        expected = np.asarray(reader.get_data(reader.read(str(path)))[0])
+        expected = expected[None] if expected.ndim == 2 else np.moveaxis(expected, -1, 0)
+        array, meta = read_image_file(path, kind)
+        assert array.dtype == expected.dtype and np.array_equal(array, expected) and meta["spacing"] == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("key", ["endoscopy", "acdc"])
+def test_a_draw_does_not_depend_on_the_draws_before_it(synth_root, key):
+    from logvmamba.data.loading import SeededDraws, make_dataset
+
+    def dataset():
+        return SeededDraws(make_dataset(_folder(synth_root, key), "train", fold=0), seed=11)
+
+    alone = dataset()[(5, 1)]
+    after = dataset()
+    for position in range(5):
+        after[(position, position % 3)]
+    again = after[(5, 1)]
+    alone, again = (x[0] if isinstance(x, list) else x for x in (alone, again))  # crops give a list of one
+    assert torch.equal(alone["image"], again["image"]) and torch.equal(alone["label"], again["label"])

@@ -89,6 +89,18 @@ def test_interleaved_matches_the_spec_example():
     assert order.tolist().index(L + 91) == 92 and order.tolist().index(L + 431) == 1452
 
 
+def test_a_mixer_that_predicted_first_can_still_train():
+    # The token order is cached per shape; the first call here is under inference mode.
+    torch.manual_seed(0)
+    mixer = LoGMixer(16, 2, (5, 6), d_state=4, ltx_squeeze=8, gtx_stride=2).eval()
+    x = torch.randn(1, 5, 6, 16)  # a grid no other test uses, so the cache starts empty
+    with torch.inference_mode():
+        mixer(x)
+    mixer.train()
+    mixer(x.requires_grad_()).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
 def test_head_center_layout():
     L, T = 8, 8
     assert placement_order(L, T, "head")[0].tolist()[:T] == list(range(L, L + T))

@@ -114,7 +114,7 @@ def _tiff_channels_first(path: Path, array: np.ndarray, kind: str) -> np.ndarray
 
 
 def read_image_file(path: str | os.PathLike, kind: str = "image") -> tuple[np.ndarray, dict]:
-    """Read one png, TIFF or NIfTI file (MONAI's readers; tifffile for TIFF).
+    """Read one png, TIFF or NIfTI file (Pillow for png, tifffile for TIFF, MONAI's NIfTI reader).
 
     Returns:
         ``(array, meta)``: a png or 2D TIFF as ``(C, H, W)`` (``C`` = 1, 3
@@ -126,8 +126,6 @@ def read_image_file(path: str | os.PathLike, kind: str = "image") -> tuple[np.nd
     Raises:
         DatasetError: the file is missing, unreadable or corrupt.
     """
-    from monai.data import NibabelReader, PILReader
-
     path = Path(path)
     if not path.is_file():
         raise DatasetError(path, f"{kind} file missing")
@@ -135,10 +133,10 @@ def read_image_file(path: str | os.PathLike, kind: str = "image") -> tuple[np.nd
     try:
         if ending == ".png":
             # palette images hold colours, not channels; label maps keep their indices
-            converter = (lambda im: im.convert("RGB") if im.mode in ("P", "PA") else im) if kind == "image" else None
-            reader = PILReader(converter=converter, reverse_indexing=False)
-            array, _ = reader.get_data(reader.read(str(path)))
-            array = np.asarray(array)
+            from PIL import Image
+
+            with Image.open(path) as im:  # Pillow alone: importing MONAI for a png costs seconds per job
+                array = np.asarray(im.convert("RGB") if kind == "image" and im.mode in ("P", "PA") else im)
             array = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
             meta = {"spacing": (1.0, 1.0), "affine": None, "header": None}
         elif ending in (".tif", ".tiff"):
@@ -146,6 +144,7 @@ def read_image_file(path: str | os.PathLike, kind: str = "image") -> tuple[np.nd
             meta = {"spacing": (1.0, 1.0), "affine": None, "header": None}
         elif ending in (".nii.gz", ".nii"):
             import nibabel as nib
+            from monai.data import NibabelReader
 
             # MONAI's reader may "correct" a header whose pixdim disagrees with its affine; the
             # writer's reference must be the header as stored

@@ -80,10 +80,13 @@ def placement_order(num_local: int, num_global: int, placement: str) -> tuple[to
         order = globals_[: T // 2] + locals_[: L // 2] + globals_[T // 2 :] + locals_[L // 2 :]
     else:
         order = _interleaved_order(L, T)
-    order_t = torch.tensor(order, dtype=torch.long)
-    is_local = order_t < L
-    local_pos = torch.empty(L, dtype=torch.long)
-    local_pos[order_t[is_local]] = torch.nonzero(is_local).flatten()
+    # Cached for the process: made outside inference mode, or a model that predicted
+    # first (validation, a profile) could never train on these tensors afterwards.
+    with torch.inference_mode(False):
+        order_t = torch.tensor(order, dtype=torch.long)
+        is_local = order_t < L
+        local_pos = torch.empty(L, dtype=torch.long)
+        local_pos[order_t[is_local]] = torch.nonzero(is_local).flatten()
     return order_t, local_pos
 
 

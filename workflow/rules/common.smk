@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 from logvmamba.config import RECIPES, check_models, dataset_recipe, evaluate_on, model_spec, register_datasets, weight_recipe
@@ -8,6 +9,16 @@ from logvmamba.reporting.tables import table_names
 # User datasets (any nnU-Net raw dataset) become keys DatasetXXX; the scripts register them again.
 register_datasets(config)
 check_models(config)
+
+# A local run (no --jobs for a cluster) uses at most the CPUs this process may run on:
+# `--cores 8` on a 2-core laptop would start 8 one-thread jobs on 2 cores, each a quarter
+# as fast, holding 4x the memory. Cluster runs (the SLURM profile sets jobs) are untouched.
+USABLE_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+if workflow.resource_settings.nodes is None and (workflow.resource_settings.cores or 0) > USABLE_CPUS:
+    logger.info(f"--cores {workflow.resource_settings.cores} asked for, {USABLE_CPUS} CPUs usable: "
+                f"running at most {USABLE_CPUS} jobs at a time")
+    workflow.global_resources["_cores"] = USABLE_CPUS
+
 
 # The published numbers are part of the checkout, wherever --directory puts the results.
 REFERENCE = f"{workflow.basedir}/results/reference/reference_results.csv"
