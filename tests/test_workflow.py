@@ -40,6 +40,18 @@ def test_default_dry_run(target, datasets, runs, tmp_path):
         assert jobs["plot_efficiency"] == 1 and jobs["profile"] == runs and "tables" not in jobs and "stats" not in jobs
 
 
+def test_a_local_run_uses_at_most_the_usable_cpus(tmp_path):
+    cpus = len(os.sched_getaffinity(0))
+    code, out = _snakemake("--cores", str(cpus + 6), "resources/prepared/acdc.json", "--directory", str(tmp_path),
+                           "--snakefile", str(ROOT / "Snakefile"))
+    assert code == 0, out[-3000:]
+    assert f"--cores {cpus + 6} asked for, {cpus} CPUs usable" in out and f"Provided cores: {cpus}\n" in out
+    # --jobs (a cluster executor's setting) is left as asked
+    code, out = _snakemake("-n", "--cores", str(cpus + 6), "--jobs", "3", "all_tables", "--directory", str(tmp_path),
+                           "--snakefile", str(ROOT / "Snakefile"))
+    assert code == 0 and "CPUs usable" not in out, out[-3000:]
+
+
 def test_paper_dry_run_lists_the_full_grid(tmp_path):
     code, out = _snakemake("-n", "all_tables", "--configfile", str(ROOT / "config/paper.yaml"),
                            "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"))

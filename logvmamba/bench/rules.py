@@ -5,10 +5,10 @@
 Every rule of the workflow writes ``logs/benchmark/{rule}/....tsv`` (Snakemake's
 columns: ``s`` wall seconds, ``max_rss`` MiB, ``cpu_time`` seconds, ...). The table
 gives per rule the jobs, their summed and mean wall seconds, the share of all
-job seconds, their summed CPU seconds and the largest max_rss. Jobs run side by
-side, so the summed job seconds exceed the run's wall time; the CPU seconds are
-the work itself, whatever ran beside it. A rule file directly under the folder
-(``tables.tsv``) is named by its stem.
+job seconds and the largest max_rss. Jobs run side by side, so the summed job
+seconds exceed the run's wall time. (Snakemake's ``cpu_time`` is left out: it is
+sampled, and a job of under half a minute reports its first samples only.) A rule
+file directly under the folder (``tables.tsv``) is named by its stem.
 """
 
 from __future__ import annotations
@@ -33,13 +33,12 @@ def rule_times(root: str | Path) -> pd.DataFrame:
             raise ValueError(f"{tsv}: not a Snakemake benchmark file (no 's' column or no row)")
         # Snakemake writes "NA" where it could not read a job's memory.
         rss = pd.to_numeric(frame["max_rss"], errors="coerce").iloc[-1] if "max_rss" in frame else float("nan")
-        cpu = pd.to_numeric(frame["cpu_time"], errors="coerce").iloc[-1] if "cpu_time" in frame else float("nan")
-        rows.append(dict(rule=rule, s=float(frame["s"].iloc[-1]), cpu=cpu, max_rss=rss))
+        rows.append(dict(rule=rule, s=float(frame["s"].iloc[-1]), max_rss=rss))
     if not rows:
         raise ValueError(f"{root}: no benchmark files (run the workflow first)")
     jobs = pd.DataFrame(rows)
     table = jobs.groupby("rule").agg(jobs=("s", "size"), wall_s=("s", "sum"), mean_s=("s", "mean"),
-                                     cpu_s=("cpu", "sum"), max_rss_MiB=("max_rss", "max"))
+                                     max_rss_MiB=("max_rss", "max"))
     table["share"] = table["wall_s"] / table["wall_s"].sum()
     return table.sort_values("wall_s", ascending=False).reset_index()
 
