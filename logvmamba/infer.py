@@ -81,7 +81,8 @@ def logits_to_label(logits: torch.Tensor, regions_class_order: Sequence[int] | N
     return logits.argmax(0).numpy().astype(np.uint8)
 
 
-def _regions_order(ds: RawDataset) -> list[int] | None:
+def regions_order(ds: RawDataset) -> list[int] | None:
+    """The order nnU-Net paints a region dataset's regions into a label map (None for class datasets)."""
     if not ds.has_regions:
         return None
     return ds.json.get("regions_class_order") or list(range(1, len(ds.regions) + 1))
@@ -105,7 +106,7 @@ def predict_case(model, ds: RawDataset, case_id: str, patch_size, overlap=0.5, t
     """(label map, loaded case) for one case of ``ds``; ``target_spacing``: the training's resampling."""
     case = load_case(ds, case_id, subset=subset)
     logits = predict_resampled(model, case.image, case.spacing, target_spacing, patch_size, overlap, tta, sw_batch_size)
-    return logits_to_label(logits, _regions_order(ds)), case
+    return logits_to_label(logits, regions_order(ds)), case
 
 
 def save_prediction(label: np.ndarray, case_id: str, out_dir: str | os.PathLike, file_ending: str,

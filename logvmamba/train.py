@@ -295,6 +295,12 @@ class TrainLoader:
                           num_workers=recipe["num_workers"], generator=torch.Generator().manual_seed(int(seed)))
 
 
+def training_data_spec(ds: RawDataset, fold: int = 0) -> dict:
+    """What a checkpoint records of the data a run on ``fold`` trains on (see :func:`logvmamba.checkpoint.data_spec`)."""
+    cases = split_case_ids(ds, "train", fold)
+    return data_spec(ds, resolved_normalization(ds), median_spacing([_case_spacing(ds, c) for c in cases]))
+
+
 # ----------------------------------------------------------------------------- validation
 
 
@@ -389,9 +395,7 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
     ds = RawDataset(dataset_dir)
     val_cases = split_case_ids(ds, "val", fold)[: recipe["val_cases"] or None]
-    train_cases = split_case_ids(ds, "train", fold)
-    data = data_spec(ds, resolved_normalization(ds),
-                     median_spacing([_case_spacing(ds, c) for c in train_cases]))
+    data = training_data_spec(ds, fold)
     args = model_args(recipe, data)
 
     seed_everything(seed)

@@ -35,18 +35,17 @@ def measure_run(config: dict, model_name: str, ds, iterations: int = 8, warmup: 
     """Per-iteration and per-validation-case timings (milliseconds, medians) of one run."""
     import torch
 
-    from logvmamba.checkpoint import build_model, data_spec, median_spacing, model_args
+    from logvmamba.checkpoint import build_model, model_args
     from logvmamba.config import resolve_recipe
     from logvmamba.data import make_loader, split_case_ids
-    from logvmamba.data.loading import load_case, resolved_normalization
+    from logvmamba.data.loading import load_case
     from logvmamba.evaluation import score_case
-    from logvmamba.infer import _regions_order, logits_to_label, predict_resampled
-    from logvmamba.train import (SegmentationLoss, _case_spacing, amp_mode, backward_context, build_optimizer,
-                                 seed_everything, TrainLoader)
+    from logvmamba.infer import logits_to_label, predict_resampled, regions_order
+    from logvmamba.train import (SegmentationLoss, TrainLoader, amp_mode, backward_context, build_optimizer,
+                                 seed_everything, training_data_spec)
 
     recipe = resolve_recipe(config, model_name, ds)
-    train_cases = split_case_ids(ds, "train", 0)
-    data = data_spec(ds, resolved_normalization(ds), median_spacing([_case_spacing(ds, c) for c in train_cases]))
+    data = training_data_spec(ds, 0)
     seed_everything(0)
     model = build_model(model_args(recipe, data))
     optimizer = build_optimizer(model, recipe)
@@ -94,7 +93,7 @@ def measure_run(config: dict, model_name: str, ds, iterations: int = 8, warmup: 
         t1 = time.perf_counter()
         logits = predict_resampled(model, case.image, case.spacing, recipe.get("target_spacing"), recipe["patch_size"],
                                    recipe["overlap"], sw_batch_size=recipe.get("sw_batch_size", 1))
-        pred = logits_to_label(logits, _regions_order(ds))
+        pred = logits_to_label(logits, regions_order(ds))
         t2 = time.perf_counter()
         score_case(ds.info, pred, case)
         t3 = time.perf_counter()
