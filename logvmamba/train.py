@@ -260,8 +260,9 @@ def _cached(ds: RawDataset, cases: list, cache) -> bool:
         return cache
     if cache != "auto":
         raise ValueError(f"cache must be true, false or 'auto', got {cache!r}")
-    files = [p for c in cases for p in (*ds.get(c).images, ds.get(c).label) if p is not None]
-    return sum(Path(p).stat().st_size for p in files) <= CACHE_BYTES
+    files = [ds.get(c) for c in cases]
+    paths = [p for f in files for p in (*f.images, f.label) if p is not None]
+    return sum(Path(p).stat().st_size for p in paths) <= CACHE_BYTES
 
 
 class TrainLoader:
@@ -284,15 +285,11 @@ class TrainLoader:
 
     def epoch(self, seed: int, samples: int | None = None):
         """The loader of an epoch seeded with ``seed`` (``samples``: default iterations x batch)."""
-        from monai.data import DataLoader
-
-        from logvmamba.data.loading import EpochSampler, SeededDraws
+        from logvmamba.data.loading import epoch_loader
 
         recipe = self.recipe
         samples = recipe["iterations"] * recipe["batch_size"] if samples is None else samples
-        sampler = EpochSampler(len(self.data), samples, recipe["batch_size"], seed, self.rank, self.world)
-        return DataLoader(SeededDraws(self.data, seed), batch_size=recipe["batch_size"] // self.world, sampler=sampler,
-                          num_workers=recipe["num_workers"], generator=torch.Generator().manual_seed(int(seed)))
+        return epoch_loader(self.data, recipe["batch_size"], seed, samples, recipe["num_workers"], self.rank, self.world)
 
 
 def training_data_spec(ds: RawDataset, fold: int = 0) -> dict:

@@ -16,6 +16,7 @@ load average is printed with the table: the figures are only as good as the mach
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import statistics
@@ -70,7 +71,7 @@ def measure_run(config: dict, model_name: str, ds, iterations: int = 8, warmup: 
     model.train()
     for i, ((batch, fetch), (_, fetch_uncached)) in enumerate(zip(batches(load), batches(uncached))):
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=amp_dtype) if amp_dtype else _null():
+        with torch.autocast("cpu", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext():
             output = model(batch["image"])
         loss = loss_fn(output, batch["label"])
         optimizer.zero_grad(set_to_none=True)
@@ -112,28 +113,21 @@ def measure_run(config: dict, model_name: str, ds, iterations: int = 8, warmup: 
     return row
 
 
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _datasets(config: dict, data_root: Path) -> dict:
-    """Each configured dataset's synthetic stand-in (written when missing)."""
-    from logvmamba.data import DATASETS, RawDataset, get_splits
-    from logvmamba.data.synthetic import generate
+    """Each configured dataset's synthetic stand-in, prepared as the workflow's prepare_data rule does."""
+    import tempfile
+
+    from logvmamba.data import RawDataset, get_splits
+    from logvmamba.pipeline import prepare_dataset
 
     out = {}
-    for key in config["datasets"]:
-        folder = data_root / DATASETS[key].synthetic_name
-        if not (folder / "dataset.json").is_file():
-            logger.info("writing the synthetic %s under %s", key, data_root)
-            folder = generate(key, data_root, seed=0, num_cases=config.get("synthetic_cases"))
-        ds = RawDataset(folder)
-        get_splits(ds)
-        out[key] = ds
+    with tempfile.TemporaryDirectory() as tmp:
+        for key in config["datasets"]:
+            logger.info("preparing the synthetic %s under %s", key, data_root)
+            ds = RawDataset(prepare_dataset(key, data_root, True, Path(tmp) / f"{key}.json",
+                                            cases=config.get("synthetic_cases")))
+            get_splits(ds)
+            out[key] = ds
     return out
 
 

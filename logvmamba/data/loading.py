@@ -85,6 +85,7 @@ __all__ = [
     "make_loader",
     "EpochSampler",
     "SeededDraws",
+    "epoch_loader",
     "load_case",
     "regions_to_label",
 ]
@@ -500,9 +501,16 @@ def make_loader(dataset: RawDataset | str | os.PathLike, split: str = "train", f
     if split != "train":
         return DataLoader(data, batch_size=1 if patch_size is None else batch_size, shuffle=False,
                           num_workers=num_workers, generator=generator)  # whole images differ in size
-    sampler = EpochSampler(len(data), samples_per_epoch, batch_size, seed, rank, world_size)
+    return epoch_loader(data, batch_size, seed, samples_per_epoch, num_workers, rank, world_size)
+
+
+def epoch_loader(data: Dataset, batch_size: int, seed: int, samples: int | None = None, num_workers: int = 0,
+                 rank: int = 0, world_size: int = 1) -> DataLoader:
+    """One training epoch over ``data`` (a :func:`make_dataset`): this process's share of the
+    draws of :class:`EpochSampler`, read through :class:`SeededDraws`."""
+    sampler = EpochSampler(len(data), samples, batch_size, seed, rank, world_size)
     return DataLoader(SeededDraws(data, seed), batch_size=batch_size // world_size, sampler=sampler,
-                      num_workers=num_workers, generator=generator, drop_last=False,
+                      num_workers=num_workers, generator=torch.Generator().manual_seed(int(seed)), drop_last=False,
                       persistent_workers=False)
 
 
