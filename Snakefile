@@ -8,7 +8,7 @@ snakemake --report results/report.html.
 
 from snakemake.utils import min_version, validate
 
-from logvmamba.config import RECIPES, SCHEMA
+from logvmamba.config import RECIPES, SCHEMA, validate_config
 
 min_version("8.0")
 
@@ -23,6 +23,9 @@ if not workflow.overwrite_configfiles:
     configfile: f"{workflow.basedir}/config/config.yaml"
 
 
+# our check first: one line naming the key and value (Snakemake's prints the schema);
+# Snakemake's then fills in the schema's defaults
+validate_config(config, ", ".join(map(str, workflow.configfiles)) or "config")
 validate(config, str(SCHEMA))
 
 

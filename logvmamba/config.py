@@ -31,7 +31,8 @@ import yaml
 
 __all__ = [
     "load_config", "resolve_recipe", "validate_config", "model_arch", "model_spec", "model_label", "supports",
-    "check_models", "config_models", "ablation_models", "run_grid", "config_folds", "evaluate_on", "ConfigError", "ROOT", "SCHEMA", "RECIPES",
+    "check_models", "check_overrides", "check_patch_sizes",
+    "config_models", "ablation_models", "run_grid", "config_folds", "evaluate_on", "ConfigError", "ROOT", "SCHEMA", "RECIPES",
     "dataset_recipe", "weight_recipe", "INFERENCE_KEYS", "register_datasets", "planned_patch", "planned_spacing", "fitting_patch", "PACKAGED",
 ]
 
@@ -231,6 +232,60 @@ def check_models(config: Mapping) -> None:
         if config["model_variant"] == "test":
             for a in archs:
                 _test_variant(model, a, known)
+
+
+def check_overrides(config: Mapping) -> None:
+    """Raise :class:`ConfigError` for ``overrides`` under a model the config does not train, or under
+    a user dataset key it does not run: a misspelt key would otherwise change nothing, silently.
+
+    Overrides of a model's ``base`` apply to it (the ablation variants inherit ``logvmamba``'s); the
+    four datasets are always known, so a shared config may keep their overrides while running fewer.
+    Call it after :func:`register_datasets` (which turns dataset entries into keys).
+    """
+    from logvmamba.data import DATASETS
+
+    trained = config_models(config)
+    models = {name for model in trained for name in _lineage(config, model)}
+    datasets = [*config["datasets"], *(config.get("ablations") or {}).get("datasets", [])]
+    for model, by_dataset in (config.get("overrides") or {}).items():
+        if model not in models:
+            raise ConfigError(f"overrides: {model!r} is not a model this config trains "
+                              f"(models and ablations: {', '.join(trained)})")
+        unknown = [key for key in by_dataset if key not in DATASETS and key not in datasets]
+        if unknown:
+            raise ConfigError(f"overrides: {model}: {unknown[0]!r} is not a configured dataset "
+                              f"(datasets: {', '.join(dict.fromkeys(datasets))})")
+
+
+def check_patch_sizes(config: Mapping) -> None:
+    """Raise :class:`ConfigError` for a ``patch_size`` entry that a model trained on its dataset refuses.
+
+    The models declare no divisor (nnU-Net's depends on the patch), so each (dataset, model) pair of
+    the run grid with a configured patch is built once at the recipe's patch (rounded up to its
+    ``patch_multiple``, as training does), on the meta device where the network allows it: the dry
+    run refuses what the train job would, with the network's own message. Without ``patch_size``
+    entries nothing is built. A user dataset's patch is fitted to every model (:func:`fitting_patch`).
+    """
+    from logvmamba.data import get_info
+
+    configured = config.get("patch_size") or {}
+    for key, model in dict.fromkeys((d, m) for d, m, *_ in run_grid(config)):
+        if key not in configured or _user_info(key) is not None:
+            continue
+        info = get_info(key)
+        recipe = dataset_recipe(config, model, key)
+        build = (recipe["arch"], info.spatial_dims, info.in_channels, info.num_outputs)
+        kwargs = json.dumps(recipe["model_kwargs"], sort_keys=True)
+        patch = tuple(recipe["patch_size"])
+        error = _refusal(*build, patch, kwargs)
+        if error is None:
+            continue
+        try:
+            nearest = f"; the nearest patch it takes is {list(_fitting_patch(*build, patch, kwargs))}"
+        except ConfigError:
+            nearest = ""
+        raise ConfigError(f"patch_size: {key}: {list(configured[key])} cannot train model {model!r} "
+                          f"({recipe['arch']}): {error}{nearest}")
 
 
 def supports(config: Mapping, model: str, spatial_dims: int) -> bool:
@@ -444,29 +499,33 @@ def fitting_patch(arch: str, spatial_dims: int, in_channels: int, out_channels: 
 
 @functools.lru_cache(maxsize=None)
 def _fitting_patch(arch, spatial_dims, in_channels, out_channels, patch, kwargs_json):
+    errors: list[str] = []
+    for multiple in (1, 2, 4, 8, 16, 32, 64):
+        size = tuple(-(-p // multiple) * multiple for p in patch)
+        error = _refusal(arch, spatial_dims, in_channels, out_channels, size, kwargs_json)
+        if error is None:
+            return size
+        errors.append(error)
+    raise ConfigError(f"{arch}: builds for no rounding of the patch {list(patch)} (last: {errors[-1]})")
+
+
+@functools.lru_cache(maxsize=None)
+def _refusal(arch, spatial_dims, in_channels, out_channels, size, kwargs_json) -> str | None:
+    """Why ``arch`` refuses to build for ``img_size=size`` (its message), or None when it builds."""
     import torch
 
     from logvmamba import create_model
 
-    def builds(size, device) -> bool:
-        try:
-            with torch.device(device):
-                create_model(arch, spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
-                             img_size=size, **json.loads(kwargs_json))
-        except (ValueError, AssertionError) as err:  # how the networks refuse an img_size
-            errors.append(str(err))
-            return False
-        return True
+    def build(device) -> None:
+        with torch.device(device):
+            create_model(arch, spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
+                         img_size=size, **json.loads(kwargs_json))
 
-    errors: list[str] = []
-    meta = True
-    for multiple in (1, 2, 4, 8, 16, 32, 64):
-        size = tuple(-(-p // multiple) * multiple for p in patch)
+    try:
         try:
-            fits = builds(size, "meta" if meta else "cpu")
+            build("meta")
         except (RuntimeError, NotImplementedError):  # a network whose constructor computes on its weights
-            meta = False
-            fits = builds(size, "cpu")
-        if fits:
-            return size
-    raise ConfigError(f"{arch}: builds for no rounding of the patch {list(patch)} (last: {errors[-1]})")
+            build("cpu")
+    except (ValueError, AssertionError) as err:  # how the networks refuse an img_size
+        return str(err)
+    return None

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from logvmamba.cli import add_debug_flag, command
 from logvmamba.data import DatasetError, RawDataset, load_case, regions_to_label
 from logvmamba.data.formats import (
     SUPPORTED_FILE_ENDINGS, case_and_channel, file_ending, read_image_file, save_image_file,
@@ -249,10 +250,11 @@ def predict_folder(model: nn.Module, checkpoint: Mapping, input_path: str | os.P
     return paths
 
 
+@command
 def main(argv=None) -> None:
-    from logvmamba.checkpoint import CheckpointError, load_trained_model
+    from logvmamba.checkpoint import load_trained_model
 
-    parser = argparse.ArgumentParser(description="Predict whole images with a trained checkpoint.")
+    parser = argparse.ArgumentParser(prog="python -m logvmamba.infer", description="Predict whole images with a trained checkpoint.")
     parser.add_argument("--checkpoint", required=True)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", help="an image file or a folder of them: png, TIFF or NIfTI, "
@@ -263,21 +265,19 @@ def main(argv=None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--tta", action="store_true", default=None, help="average over axis flips")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        model, checkpoint = load_trained_model(args.checkpoint, device=device)
-        if args.input:
-            predict_folder(model, checkpoint, args.input, args.out, args.tta)
-        else:
-            ds = RawDataset(args.dataset)
-            inference = checkpoint["inference"]
-            predict_dataset(model, ds, args.cases or ds.case_ids(args.subset), args.out, inference["patch_size"],
-                            inference["overlap"], bool(args.tta), args.subset, inference.get("target_spacing"))
-    except (CheckpointError, DatasetError) as err:
-        raise SystemExit(f"error: {err}") from None
+    model, checkpoint = load_trained_model(args.checkpoint, device=device)
+    if args.input:
+        predict_folder(model, checkpoint, args.input, args.out, args.tta)
+    else:
+        ds = RawDataset(args.dataset)
+        inference = checkpoint["inference"]
+        predict_dataset(model, ds, args.cases or ds.case_ids(args.subset), args.out, inference["patch_size"],
+                        inference["overlap"], bool(args.tta), args.subset, inference.get("target_spacing"))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -11,7 +11,8 @@ import shutil
 from pathlib import Path
 from typing import Mapping
 
-from logvmamba.data import DATASETS, DatasetError, RawDataset, get_splits, resolve_dataset_dir, split_case_ids
+from logvmamba.data import DATASETS, DatasetError, RawDataset, get_splits, resolve_dataset_dir
+from logvmamba.data.splits import evaluation_cases
 from logvmamba.io import atomic_write_text
 
 __all__ = ["prepare_dataset", "dataset_from_marker", "write_splits", "evaluation_cases", "train_run", "predict_run", "evaluate_run"]
@@ -55,18 +56,6 @@ def write_splits(marker: str | os.PathLike, out: str | os.PathLike) -> Path:
     ds = dataset_from_marker(marker)
     splits = get_splits(ds)
     return atomic_write_text(out, json.dumps(splits, indent=4) + "\n")
-
-
-EVALUATE_ON = ("protocol", "validation")
-
-
-def evaluation_cases(ds: RawDataset, fold: int, evaluate_on: str = "protocol") -> list[str]:
-    """The cases a run scores. ``protocol``: the held-out test cases (imagesTs, or BraTS' held-out
-    fold), else the fold's validation cases; ``validation``: the fold's validation cases."""
-    if evaluate_on not in EVALUATE_ON:
-        raise ValueError(f"evaluate_on {evaluate_on!r} is not one of {EVALUATE_ON}")
-    cases = split_case_ids(ds, "test", fold) if evaluate_on == "protocol" else []
-    return cases or split_case_ids(ds, "val", fold)
 
 
 def train_run(config: Mapping, model: str, marker, out_dir, seed: int, fold: int) -> dict:

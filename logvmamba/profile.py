@@ -17,6 +17,8 @@ import logging
 import sys
 from typing import Optional
 
+from logvmamba.cli import add_debug_flag, command
+
 __all__ = ["main"]
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ def _summary(result: dict) -> str:
     return "\n".join(lines)
 
 
+@command
 def main(argv: Optional[list[str]] = None) -> int:
     """Prints the profile's summary; returns the exit status (3 when unjustified ops were found)."""
     from logvmamba.io import atomic_write_text
@@ -67,6 +70,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--timeout", type=float, default=None, help="seconds per measurement subprocess")
     parser.add_argument("--allow-unjustified", action="store_true",
                         help="write the JSON even if fvcore skipped ops without a justification")
+    add_debug_flag(parser)
     args, rest = parser.parse_known_args(argv)
     if args.fidelity:
         from logvmamba.profiling.fidelity import main as fidelity_main

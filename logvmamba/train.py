@@ -6,6 +6,9 @@ One function, :func:`train`; every hyperparameter comes from the recipe (see
 score), ``log.csv`` (one row per epoch) and ``train_done.json``. Rerunning a
 killed run resumes from ``checkpoint_last.pt`` and ends with the same weights as
 an unbroken run: every epoch reseeds all random streams from (seed, epoch).
+One run trains in a folder at a time: it holds ``out_dir/.train.lock`` while it
+runs, and a folder finished by another run (model, dataset, seed, fold or
+weight-deciding recipe) is refused.
 
 Launched by ``torchrun --nproc_per_node W``, the processes train one model
 (DistributedDataParallel) on the global batch ``recipe["batch_size"]``, each
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -29,7 +33,11 @@ import math
 import os
 import random
 import shutil
+import signal
+import socket
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +47,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from logvmamba.cli import add_debug_flag, command
 from logvmamba.checkpoint import (
     build_model, data_spec, load_checkpoint, median_spacing, model_args, save_checkpoint,
 )
@@ -46,9 +55,9 @@ from logvmamba.config import weight_recipe
 from logvmamba.data import RawDataset, split_case_ids
 from logvmamba.data.loading import resolved_normalization
 from logvmamba.infer import predict_case
-from logvmamba.io import atomic_write_text
+from logvmamba.io import atomic_write_text, check_output_folder
 
-__all__ = ["train", "TrainingDiverged", "lr_at", "SegmentationLoss", "amp_mode"]
+__all__ = ["train", "TrainingDiverged", "RunFolderBusy", "run_identity", "recipe_hash", "lr_at", "SegmentationLoss", "amp_mode"]
 
 logger = logging.getLogger(__name__)
 
@@ -354,6 +363,231 @@ def _mean_over_processes(value: torch.Tensor, world: int) -> float:
     return value.item() / world
 
 
+# ----------------------------------------------------------------------------- one run per folder
+
+
+LOCK_NAME = ".train.lock"
+IDENTITY_KEYS = ("model", "dataset", "seed", "fold", "recipe_hash")
+#: seconds between touches of a held lock, and without one after which another host's lock is stale
+LOCK_HEARTBEAT_S, LOCK_STALE_S = 30.0, 600.0
+
+
+class RunFolderBusy(RuntimeError):
+    """Another training holds the output folder's lock."""
+
+
+def recipe_hash(recipe: dict) -> str:
+    """A short hash of the recipe keys that decide the weights (:func:`logvmamba.config.weight_recipe`)."""
+    text = json.dumps(weight_recipe(recipe), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_identity(recipe: dict, dataset_dir: str | os.PathLike, seed: int, fold: int) -> dict:
+    """What tells two runs apart: model (``recipe["arch"]``), dataset folder name, seed, fold, :func:`recipe_hash`."""
+    return dict(model=recipe["arch"], dataset=Path(os.path.abspath(dataset_dir)).name, seed=seed, fold=fold,
+                recipe_hash=recipe_hash(recipe))
+
+
+def _describe(identity: dict) -> str:
+    return ", ".join(f"{key} {identity[key]}" for key in IDENTITY_KEYS if key in identity)
+
+
+def _create_lock(path: Path, text: str) -> bool:
+    """Create ``path`` holding ``text`` unless it exists; whether this call created it.
+
+    A hard link to a written temporary file is atomic on NFS too and never shows a
+    half-written lock; the link count decides, as NFS can report a link it made as
+    failed (a lost reply). Without hard links, ``O_CREAT | O_EXCL``.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o644)  # others sharing the folder read whose lock it is
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            return True
+        return os.stat(tmp).st_nlink == 2
+    finally:
+        os.unlink(tmp)
+
+
+def _owner_gone(owner: dict, path: Path) -> bool:
+    """Whether a lock's owner no longer runs: a process of this host that is gone, or (any host)
+    a lock not touched for :data:`LOCK_STALE_S` (a live owner touches it every :data:`LOCK_HEARTBEAT_S`)."""
+    try:
+        if time.time() - path.stat().st_mtime > LOCK_STALE_S:  # a node that died, or a job killed by SIGKILL elsewhere
+            return True
+    except FileNotFoundError:
+        return True
+    pid = owner.get("pid")
+    if os.name != "posix" or owner.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def _remove_if_unchanged(path: Path, text: str) -> None:
+    """Remove the lock at ``path`` if it still holds ``text``.
+
+    Processes taking over one dead lock take turns (flock on it) and check that the
+    path still names that file, so none removes the new lock another one just took.
+    """
+    try:
+        try:
+            f = open(path, "r+", encoding="utf-8")  # r+: NFS grants an exclusive flock on a writable file only
+        except PermissionError:  # another user's lock
+            f = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        return
+    with f:
+        try:
+            import fcntl
+
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except (ImportError, OSError):  # no fcntl (Windows) or no locks on this file system
+            pass
+        try:
+            same = os.path.samestat(os.fstat(f.fileno()), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same and f.read() == text:
+            path.unlink()
+
+
+def _lock_folder(out: Path, identity: dict) -> str:
+    """Take ``out``'s lock for the run ``identity``; returns the lock's text.
+
+    A lock of a process of this host that no longer runs is taken over with a warning.
+    """
+    path = out / LOCK_NAME
+    text = json.dumps(dict(pid=os.getpid(), host=socket.gethostname(),
+                           started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **identity), indent=2) + "\n"
+    for _ in range(10):  # each turn another process took or released the lock
+        if _create_lock(path, text):
+            return text
+        try:
+            held = path.read_text(encoding="utf-8")
+        except FileNotFoundError:  # released meanwhile
+            continue
+        try:
+            owner = json.loads(held)
+        except json.JSONDecodeError:
+            owner = None
+        owner = owner if isinstance(owner, dict) else {}
+        if not _owner_gone(owner, path):
+            raise RunFolderBusy(
+                f"{out}: another training runs in this folder (pid {owner.get('pid', '?')} on {owner.get('host', '?')} "
+                f"since {owner.get('started', '?')}: {_describe(owner)}); this run is {_describe(identity)}; "
+                f"wait for it or use another output folder (remove {path} if that run is dead)")
+        logger.warning("%s: taking over the lock of pid %s on %s, which no longer runs (%s)",
+                       path, owner["pid"], owner["host"], _describe(owner))
+        _remove_if_unchanged(path, held)
+    raise RunFolderBusy(f"{path}: could not take the lock, other trainings kept taking it")
+
+
+class _Heartbeat:
+    """Touches the held lock every :data:`LOCK_HEARTBEAT_S` so that other hosts can tell it lives."""
+
+    def __init__(self, path: Path):
+        self.path, self.stop = path, threading.Event()
+        self.thread = threading.Thread(target=self._run, name="train-lock-heartbeat", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(LOCK_HEARTBEAT_S):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+@contextlib.contextmanager
+def _released_on_sigterm():
+    """SIGTERM (scancel, a job's time limit, torchrun stopping workers) unwinds like Ctrl-C, so the
+    lock is released; only the main thread can install a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _unlock(out: Path, text: str) -> None:
+    """Remove ``out``'s lock if it is still this run's (not one that took over from this process)."""
+    path = out / LOCK_NAME
+    with contextlib.suppress(FileNotFoundError):
+        if path.read_text(encoding="utf-8") == text:
+            path.unlink()
+
+
+def _check_finished(out: Path, identity: dict, restart_stale: bool, rank: int, world: int) -> None:
+    """Refuse a run folder finished by another run; ``restart_stale`` discards its ``train_done.json`` instead."""
+    done = out / "train_done.json"
+    if not done.is_file():
+        return
+    try:
+        summary = json.loads(done.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{done}: not a JSON run summary ({err}); remove it or use another output folder") from None
+    if not isinstance(summary, dict):
+        raise ValueError(f"{done}: not a JSON run summary (a {type(summary).__name__}, not an object); "
+                         f"remove it or use another output folder")
+    # a summary written before the identity was recorded names the seed and fold only
+    if all(summary[key] == identity[key] for key in IDENTITY_KEYS if key in summary):
+        return
+    if not restart_stale:
+        raise ValueError(f"{out}: finished by another run ({_describe(summary)}); this run is {_describe(identity)}; "
+                         f"use another output folder")
+    _barrier(world)  # every process has read it before rank 0 removes it
+    if rank == 0:
+        logger.warning("%s: finished by another run (%s), starting over as %s", out, _describe(summary), _describe(identity))
+        done.unlink()
+
+
+def _claim_folder(out: Path, identity: dict, rank: int, world: int) -> str | None:
+    """Rank 0 takes ``out``'s lock; every process raises its error.
+
+    Returns the lock's text on rank 0, None on the others.
+    """
+    text, error = None, None
+    if rank == 0:
+        try:
+            text = _lock_folder(out, identity)
+        except Exception as err:  # the other processes must learn of it, or they wait for rank 0 forever
+            error = err
+    if world > 1:
+        shared = [error]
+        dist.broadcast_object_list(shared, src=0)
+        error = shared[0]
+    if error is not None:
+        raise error
+    return text
+
+
 def train(
     recipe: dict,
     dataset_dir: str | os.PathLike,
@@ -376,20 +610,42 @@ def train(
     after its writes.
     ``recipe["amp"]`` picks the autocast (see :func:`amp_mode`).
 
+    The run holds ``out_dir/.train.lock`` while it trains (rank 0 takes it), so a second
+    run into the folder fails; a lock of a process of this host that no longer runs is
+    taken over. A folder finished by another run (``train_done.json`` of another
+    :func:`run_identity`) is refused, or with ``restart_stale`` trained over.
+
     Raises:
         TrainingDiverged: a non-finite loss (the last good checkpoint is kept).
-        ValueError: a batch size that does not divide by the processes, or a
-            checkpoint of another recipe or seed.
+        RunFolderBusy: another training holds ``out_dir``.
+        ValueError: a batch size that does not divide by the processes, a
+            checkpoint of another recipe, seed or fold, or a folder finished by another run.
     """
-    from tqdm import tqdm
-
     rank, world = _distributed()
     if recipe["batch_size"] % world:
         raise ValueError(f"batch_size {recipe['batch_size']} is the global batch and must divide by the {world} processes")
     device = torch.device(device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"))
     out = Path(out_dir)
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+        check_output_folder(out)
+    identity = run_identity(recipe, dataset_dir, seed, fold)
+    with _released_on_sigterm():
+        lock = _claim_folder(out, identity, rank, world)
+        heartbeat = _Heartbeat(out / LOCK_NAME) if lock is not None else None
+        try:
+            return _train_in_folder(recipe, dataset_dir, out, identity, device, progress, restart_stale, rank, world)
+        finally:
+            if heartbeat is not None:
+                heartbeat.close()
+                _unlock(out, lock)
+
+
+def _train_in_folder(recipe: dict, dataset_dir, out: Path, identity: dict, device: torch.device, progress: bool,
+                     restart_stale: bool, rank: int, world: int) -> dict:
+    """:func:`train` once this run holds ``out``."""
+    from tqdm import tqdm
+
+    seed, fold = identity["seed"], identity["fold"]
     ds = RawDataset(dataset_dir)
     val_cases = split_case_ids(ds, "val", fold)[: recipe["val_cases"] or None]
     data = training_data_spec(ds, fold)
@@ -399,6 +655,8 @@ def train(
     model = build_model(args).to(device)
     _check_freezable(model, recipe)
     optimizer = build_optimizer(model, recipe)
+    if rank == 0:  # fail now rather than at the first checkpoint: weights, two optimizer moments, best and last
+        check_output_folder(out, 6 * sum(p.numel() * p.element_size() for p in model.parameters()))
     loss_fn = SegmentationLoss(ds.has_regions, recipe["dice_weight"], recipe["ce_weight"], ddp=world > 1)
     amp_dtype, use_scaler = amp_mode(recipe["amp"], device)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
@@ -421,12 +679,15 @@ def train(
     if last_path.is_file():
         saved = load_checkpoint(last_path, map_location=device)
         _barrier(world)  # every process has read it before rank 0 removes or links files
-        if weight_recipe(saved["recipe"]) != weight_recipe(recipe) or saved["seed"] != seed:
+        if weight_recipe(saved["recipe"]) != weight_recipe(recipe) or saved["seed"] != seed or saved["fold"] != fold:
             if not restart_stale:
-                raise ValueError(f"{last_path}: checkpoint of another recipe or seed; remove it or use a new output folder")
+                theirs = dict(model=saved["recipe"]["arch"], seed=saved["seed"], fold=saved["fold"],
+                              recipe_hash=recipe_hash(saved["recipe"]))
+                raise ValueError(f"{last_path}: checkpoint of another recipe, seed or fold ({_describe(theirs)}; this run: "
+                                 f"{_describe(identity)}); remove it or use a new output folder")
             saved = None
             if rank == 0:
-                logger.warning("%s: checkpoint of another recipe or seed, starting over", last_path)
+                logger.warning("%s: checkpoint of another recipe, seed or fold, starting over", last_path)
                 last_path.unlink()
                 best_path.unlink(missing_ok=True)
                 kept_path.unlink(missing_ok=True)
@@ -439,6 +700,7 @@ def train(
             start_epoch, best, log_rows = saved["epoch"] + 1, saved["best"], saved["log"]
             if rank == 0:
                 logger.info("%s: resuming after epoch %d of %d", last_path, start_epoch, recipe["epochs"])
+    _check_finished(out, identity, restart_stale, rank, world)  # after the checkpoint, whose error says more
 
     cases = TrainLoader(ds, recipe, fold, rank, world)
     net, trained = model, None
@@ -503,7 +765,7 @@ def train(
                         row["train_loss"], val_score, lr, row["seconds"])
 
     summary = dict(epochs=recipe["epochs"], best_val_score=best, final_train_loss=log_rows[-1]["train_loss"] if log_rows else None,
-                   seed=seed, fold=fold, device=device.type, device_name=_device_name(device), world_size=world,
+                   **identity, device=device.type, device_name=_device_name(device), world_size=world,
                    torch=torch.__version__,
                    # the budget: epochs' wall time (validation included, summed over resumed processes)
                    train_seconds=float(sum(r["seconds"] for r in log_rows)), **_peak_memory(device))
@@ -546,29 +808,30 @@ def _write_log(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buffer.getvalue())
 
 
+@command(also=(TrainingDiverged, RunFolderBusy))
 def main(argv=None) -> None:
-    from logvmamba.config import load_config, resolve_recipe
+    from logvmamba.config import ROOT, load_config, resolve_recipe
 
-    parser = argparse.ArgumentParser(description="Train a registered model on a dataset.")
+    parser = argparse.ArgumentParser(prog="python -m logvmamba.train", description="Train a registered model on a dataset.")
     parser.add_argument("--model", required=True, help="model entry of the config (or a registered name)")
     parser.add_argument("--dataset", required=True, help="dataset folder (nnU-Net raw)")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--config", nargs="*", default=["config/config.yaml"], help="experiment config files")
+    parser.add_argument("--config", nargs="*", default=None,
+                        help="experiment config files (default: the checkout's config/config.yaml)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fold", type=int, default=0)
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = load_config(*args.config)
+    config = load_config(*(args.config or [ROOT / "config" / "config.yaml"]))  # not the cwd's: run from anywhere
     ds = RawDataset(args.dataset)
     recipe = resolve_recipe(config, args.model, ds)
     try:
         train(recipe, args.dataset, args.out, seed=args.seed, fold=args.fold)
-    except TrainingDiverged as err:
-        raise SystemExit(f"error: {err}") from None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -107,3 +107,164 @@ def test_nifti_and_dataset_json_leave_no_temporary_files(tmp_path):
     write_dataset_json(tmp_path, {"name": "x"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii.gz", "dataset.json"]
     assert np.asanyarray(nib.load(str(tmp_path / "a.nii.gz")).dataobj).sum() == 8
+
+
+# ----------------------------------------------------------------------------
+# 16-bit png and TIFF read at full depth. The files are written here, byte by byte from the
+# PNG and TIFF specifications (zlib and struct only), never by the reader under test.
+# ----------------------------------------------------------------------------
+
+# Adam7: (first row, first column, row step, column step) of the seven passes
+_ADAM7 = ((0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1))
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _filtered_rows(samples: np.ndarray) -> bytes:
+    """Scanlines of ``(H, W, C)`` uint16 samples, row y filtered with type y % 5 (None, Sub, Up, Average, Paeth)."""
+    h, w, c = samples.shape
+    bpp = 2 * c
+    x = samples.astype(">u2").view(np.uint8).reshape(h, w * bpp).astype(np.int32)
+    b = np.vstack([np.zeros((1, w * bpp), np.int32), x[:-1]])  # the row above; zeros above the first
+    a = np.pad(x, ((0, 0), (bpp, 0)))[:, :-bpp]  # the byte one pixel to the left
+    c_ = np.pad(b, ((0, 0), (bpp, 0)))[:, :-bpp]
+    p = a + b - c_
+    pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c_)
+    paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c_))
+    predictors = (np.zeros_like(x), a, b, (a + b) // 2, paeth)
+    out = bytearray()
+    for y in range(h):
+        out.append(y % 5)
+        out += ((x[y] - predictors[y % 5][y]) % 256).astype(np.uint8).tobytes()
+    return bytes(out)
+
+
+def _png16_bytes(samples: np.ndarray, colour_type: int, interlace: bool = False) -> bytes:
+    """A 16-bit png of ``(H, W, C)`` samples (colour type 0 gray, 2 RGB, 4 gray + alpha, 6 RGBA)."""
+    import struct
+    import zlib
+
+    h, w, _ = samples.shape
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    scanlines = b"".join(_filtered_rows(samples[y0::dy, x0::dx]) for y0, x0, dy, dx in passes
+                         if samples[y0::dy, x0::dx].size)
+    header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, int(interlace))
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(scanlines))
+            + _png_chunk(b"IEND", b""))
+
+
+_PNG16_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}
+
+
+def _levels(shape, top: int, seed: int = 0) -> np.ndarray:
+    """uint16 samples spanning 0..top, both ends included, in a scrambled order."""
+    values = np.random.default_rng(seed).integers(0, top + 1, shape).astype(np.uint16)
+    values.flat[0], values.flat[-1] = 0, top
+    return values
+
+
+@pytest.mark.parametrize("interlace", [False, True])
+@pytest.mark.parametrize("colour_type, top", [(2, 4095), (0, 65535), (6, 65535), (4, 4095)])
+def test_16_bit_png_reads_every_level(tmp_path, colour_type, top, interlace):
+    from PIL import Image
+
+    samples = _levels((19, 23, _PNG16_CHANNELS[colour_type]), top)  # odd sizes: partial Adam7 blocks
+    path = tmp_path / "a_0000.png"
+    path.write_bytes(_png16_bytes(samples, colour_type, interlace))
+    with Image.open(path) as im:  # an independent decoder checks the writer: Pillow keeps the high bytes
+        if colour_type in (0, 2, 6):
+            pillow = np.asarray(im)
+            assert np.array_equal(pillow, samples[..., 0] if colour_type == 0 else (samples >> 8).astype(np.uint8))
+    for kind in ("image", "label"):
+        array, meta = read_image_file(path, kind)
+        assert array.dtype == np.uint16 and meta["spacing"] == (1.0, 1.0)
+        assert np.array_equal(array, np.moveaxis(samples, -1, 0))
+    assert len(np.unique(array[0])) > 16
+
+
+def test_corrupt_16_bit_png_names_the_file(tmp_path):
+    from logvmamba.data.errors import DatasetError
+
+    good = _png16_bytes(_levels((8, 8, 3), 4095), 2)
+    crc_at = 8 + 8 + 13  # signature, IHDR length and type, IHDR body: the IHDR CRC follows
+    cases = {"crc.png": good[:crc_at] + bytes([good[crc_at] ^ 1]) + good[crc_at + 1:],
+             "short.png": good[:-30]}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DatasetError, match=name):
+            read_image_file(tmp_path / name)
+
+
+def _tiff_bytes(samples: np.ndarray) -> bytes:
+    """An uncompressed little-endian baseline TIFF of ``(H, W, C)`` samples (C 1 gray, 3 RGB, 4 RGBA)."""
+    import struct
+
+    h, w, c = samples.shape
+    pixels = samples.astype(samples.dtype.newbyteorder("<")).tobytes()
+    bits = 8 * samples.dtype.itemsize
+    extra = 8 + len(pixels)  # BitsPerSample values (c > 1) follow the pixels
+    tags = [(256, 3, 1, w), (257, 3, 1, h), (258, 3, c, bits if c == 1 else extra), (259, 3, 1, 1),
+            (262, 3, 1, 1 if c == 1 else 2), (273, 4, 1, 8), (277, 3, 1, c), (278, 3, 1, h),
+            (279, 4, 1, len(pixels)), (284, 3, 1, 1)]
+    if c == 4:
+        tags.append((338, 3, 1, 2))  # ExtraSamples: unassociated alpha
+    tail = struct.pack(f"<{c}H", *([bits] * c)) if c > 1 else b""
+    ifd_at = 8 + len(pixels) + len(tail)
+    ifd = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHI", tag, kind, count) + (struct.pack("<HH", value, 0) if kind == 3 and count == 1
+                                                 else struct.pack("<I", value))
+        for tag, kind, count, value in tags) + struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", ifd_at) + pixels + tail + ifd
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+@pytest.mark.parametrize("dtype, top", [(np.uint16, 4095), (np.uint16, 65535), (np.uint8, 255)])
+def test_tiff_reads_every_level(tmp_path, channels, dtype, top):
+    samples = _levels((9, 11, channels), top, seed=channels).astype(dtype)
+    path = tmp_path / "a_0000.tif"
+    path.write_bytes(_tiff_bytes(samples))
+    array, meta = read_image_file(path)
+    assert array.dtype == dtype and meta["spacing"] == (1.0, 1.0)
+    assert np.array_equal(array, np.moveaxis(samples, -1, 0))
+
+
+def test_training_input_of_a_16_bit_png_dataset_keeps_its_levels(tmp_path):
+    from logvmamba.data.loading import load_case
+
+    folder = tmp_path / "Dataset981_Png16"
+    for sub in ("imagesTr", "labelsTr"):
+        (folder / sub).mkdir(parents=True)
+    images = {}
+    for i in range(2):
+        images[i] = _levels((20, 24, 3), 4095, seed=10 + i)
+        (folder / "imagesTr" / f"c{i}_0000.png").write_bytes(_png16_bytes(images[i], 2))
+        save_png(folder / "labelsTr" / f"c{i}.png", (np.arange(20 * 24).reshape(20, 24) % 2).astype(np.uint8))
+    write_dataset_json(folder, {"channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"background": 0, "x": 1},
+                                "numTraining": 2, "file_ending": ".png", "name": "Png16"})
+    raw = RawDataset(folder).read_case("c0")
+    assert np.array_equal(raw.image, np.moveaxis(images[0], -1, 0).astype(np.float32))
+    normalised = load_case(folder, "c0").image
+    for c in range(3):  # z-scored per channel: one output level per stored level
+        assert len(np.unique(normalised[c].numpy())) == len(np.unique(images[0][..., c])) > 16
+
+
+def test_endoscopy_conversion_keeps_16_bit_rgb_and_refuses_to_truncate(tmp_path, data_helpers):
+    from logvmamba.data.convert import convert_endoscopy
+    from logvmamba.data.errors import DatasetError
+
+    source = data_helpers.make_umamba_endovis(tmp_path / "src")
+    rgb = _levels((24, 32, 3), 4095, seed=3)
+    (source / "imagesTr" / "seq1_frame000_0000.png").write_bytes(_png16_bytes(rgb, 2))
+    out = convert_endoscopy(source, tmp_path / "out")
+    array, _ = read_image_file(out / "imagesTr" / "seq1_frame000_0000.png")
+    assert array.dtype == np.uint16 and np.array_equal(array, np.moveaxis(rgb, -1, 0))
+
+    rgba = _levels((24, 32, 4), 4095, seed=4)
+    (source / "imagesTr" / "seq1_frame001_0000.png").write_bytes(_png16_bytes(rgba, 6))
+    with pytest.raises(DatasetError, match=r"seq1_frame001_0000\.png.*16-bit png with an alpha channel"):
+        convert_endoscopy(source, tmp_path / "out", overwrite=True)

@@ -17,7 +17,7 @@ def test_evaluation_logs_progress_and_prints_one_line(synth_root, tmp_path, caps
     for files in ds.cases("Tr")[:2]:
         shutil.copy(files.label, pred_dir / files.label.name)
     with caplog.at_level(logging.INFO, logger="logvmamba.evaluation"):
-        assert evaluate_main([str(ds.path), str(pred_dir), str(tmp_path / "out")]) == 0
+        assert evaluate_main([str(ds.path), str(pred_dir), str(tmp_path / "out"), "--cases", "files"]) == 0
     out, err = capsys.readouterr()
     assert out.splitlines() == [f"{ds.name}: Dice_mean = 1.0000 over 2 case(s)"]
     assert "score" not in err  # stderr is no terminal here: no progress bar

@@ -552,7 +552,7 @@ def test_command_line(synth_root, tmp_path, capsys):
     pred_dir.mkdir()
     for files in ds.cases("Tr")[:2]:
         shutil.copy(files.label, pred_dir / files.label.name)
-    assert main([str(ds.path), str(pred_dir), str(tmp_path / "out"), "--count-border-cells"]) == 0
+    assert main([str(ds.path), str(pred_dir), str(tmp_path / "out"), "--count-border-cells", "--cases", "files"]) == 0
     assert "F1 = " in capsys.readouterr().out
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["options"] == {"count_border_cells": True} and summary["n_cases"] == 2

@@ -65,7 +65,7 @@ def audit(event, args):
 
 sys.addaudithook(audit)
 from logvmamba.train import main
-main(sys.argv[1:])
+raise SystemExit(main(sys.argv[1:]))
 """
 
 

@@ -134,6 +134,14 @@ def test_channel_normalization_by_hand():
     np.testing.assert_allclose(out[2, 0], [0.0, -1.0, 0.0, 1.0], rtol=1e-6)  # mean 4, std 1 over the non-zero
 
 
+def test_rgb_to_0_1_refuses_a_16_bit_image_instead_of_clamping_it():
+    spec = [{"scheme": "rgb_to_0_1"}]
+    out = ChannelNormalized(spec)({"image": torch.tensor([[[0.0, 51.0, 255.0]]])})["image"]
+    np.testing.assert_allclose(out[0, 0], [0.0, 0.2, 1.0])
+    with pytest.raises(ValueError, match="channel 0: rgb_to_0_1 needs 8-bit values .* got up to 4095"):
+        ChannelNormalized(spec)({"image": torch.tensor([[[0.0, 1000.0, 4095.0]]])})
+
+
 @pytest.mark.parametrize("arch, planned, expected", [
     ("nnunet_test", [28, 24, 12], [28, 24, 12]),     # plans its own topology for any patch
     ("logvmamba_test", [28, 24, 12], [32, 24, 16]),  # total stride 16 per axis, ceil to multiples of 8

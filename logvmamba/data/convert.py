@@ -63,9 +63,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from logvmamba.cli import add_debug_flag, command
 from logvmamba.data.convert_real import REAL_CONVERTERS
 from logvmamba.data.errors import DatasetError
 from logvmamba.data.formats import (
+    png_bit_depth,
     read_instance_file,
     save_instance_mask,
     save_nifti,
@@ -152,7 +154,10 @@ def _copy_png_case(case: str, image: Path, label: Path | None, out_images: Path,
     if picture.mode not in ("RGB", "RGBA", "L", "P"):
         raise DatasetError(image, f"unsupported png mode {picture.mode!r} (expected 8-bit RGB or grayscale)")
     target = out_images / f"{case}_0000.png"
-    if picture.mode == "RGB":
+    if picture.mode != "RGB" and png_bit_depth(image) == 16:  # Pillow's convert() would keep 8 of the 16 bits
+        raise DatasetError(image, "16-bit png with an alpha channel: dropping it here would drop 8 of the 16 "
+                                  "bits too; save the image as 16-bit RGB (copied as stored) or as 8-bit")
+    if picture.mode == "RGB":  # 8- or 16-bit: copied as stored, so no bits are lost
         shutil.copyfile(image, target)
     else:
         save_png(target, np.asarray(picture.convert("RGB")))
@@ -426,6 +431,7 @@ def convert(key: str, source_dir: str | Path, dest_dir: str | Path, overwrite: b
     return CONVERTERS[key](source_dir, dest_dir, overwrite=overwrite, **kwargs)
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m logvmamba.data.convert",
@@ -437,16 +443,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     parser.add_argument("--release", choices=["2020", "2021"], default=None,
                         help="brats only: require this BraTS release (default: detected)")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     kwargs = {"release": args.release} if args.dataset == "brats" else {}
     if args.release and args.dataset != "brats":
         parser.error("--release applies to brats only")
-    try:
-        print(convert(args.dataset, args.source_dir, args.dest_dir, overwrite=args.overwrite, **kwargs))
-    except DatasetError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    print(convert(args.dataset, args.source_dir, args.dest_dir, overwrite=args.overwrite, **kwargs))
     return 0
 
 

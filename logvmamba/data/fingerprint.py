@@ -62,7 +62,7 @@ from typing import Sequence
 import numpy as np
 
 from logvmamba.data.errors import DatasetError
-from logvmamba.data.raw import CaseFiles, RawDataset, open_dataset
+from logvmamba.data.raw import CaseFiles, RawDataset, check_finite, open_dataset
 from logvmamba.io import atomic_write_text
 
 __all__ = [
@@ -199,10 +199,7 @@ def intensity_statistics(values: np.ndarray, counts: np.ndarray | None = None) -
 
 def _analyze_case(ds: RawDataset, files: CaseFiles, samples_per_case: int):
     case = ds.read_case(files)
-    bad = [c for c in range(case.image.shape[0]) if not np.isfinite(case.image[c]).all()]
-    if bad:  # an RGB png holds its three channels in one file
-        file = files.images[bad[0]] if len(files.images) == case.image.shape[0] else files.images[0]
-        raise DatasetError(file, "image holds NaN or infinite values; nnU-Net cannot plan with them")
+    check_finite(case)  # every image is read here anyway; NaN would poison the statistics and the training
     image, label, spacing, axes = to_nnunet_axes(case.image, case.label, case.spacing)
     box = nonzero_box(image)
     cropped = image[(slice(None), *box)]

@@ -1,8 +1,9 @@
 """The file formats of a raw dataset: png, NIfTI and TIFF read and write, dataset.json, staged folders.
 
-Reading goes through MONAI's ``PILReader`` and ``NibabelReader`` and keeps the
-stored axis order: a png as ``(C, H, W)``, a NIfTI volume as ``(1, X, Y, Z)``
-(no reorientation, no resampling). Every writer replaces its file atomically
+Reading goes through Pillow (png), tifffile and MONAI's ``NibabelReader`` and keeps
+the stored axis order and bit depth: a png as ``(C, H, W)`` (a 16-bit one through the
+decoder here, as Pillow keeps 8 bits of 16-bit colour), a NIfTI volume as
+``(1, X, Y, Z)`` (no reorientation, no resampling). Every writer replaces its file atomically
 (:func:`logvmamba.io.atomic_write`), so a reader never sees half a file; the
 converters, the synthetic generators and the prediction writer all use these.
 
@@ -16,7 +17,9 @@ import json
 import os
 import re
 import shutil
+import struct
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -35,6 +38,7 @@ __all__ = [
     "read_image_file",
     "read_instance_file",
     "read_tiff",
+    "png_bit_depth",
     "save_png",
     "save_nifti",
     "save_image_file",
@@ -113,12 +117,124 @@ def _tiff_channels_first(path: Path, array: np.ndarray, kind: str) -> np.ndarray
     raise DatasetError(path, f"{kind} must be a 2D TIFF (H, W) or with up to 4 channels, got shape {array.shape}")
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG16_SAMPLES = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel (16 bits allows no palette)
+# Adam7 interlacing: (first row, first column, row step, column step) of the seven passes
+_ADAM7 = ((0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1))
+
+
+def png_bit_depth(path: str | os.PathLike) -> int | None:
+    """The bit depth a png's IHDR chunk declares (1, 2, 4, 8 or 16); None if the file does not start as a png."""
+    with open(path, "rb") as f:
+        head = f.read(25)
+    if len(head) < 25 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    return head[24]
+
+
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(type, body) of each chunk up to IEND, CRCs checked."""
+    pos = 8
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        kind, end = data[pos + 4:pos + 8], pos + 8 + length
+        if end + 4 > len(data):
+            break
+        body = data[pos + 8:end]
+        if zlib.crc32(kind + body) != struct.unpack_from(">I", data, end)[0]:
+            raise ValueError(f"{kind.decode('latin-1')} chunk fails its CRC check")
+        yield kind, body
+        if kind == b"IEND":
+            return
+        pos = end + 4
+    raise ValueError("truncated: the file ends before its IEND chunk")
+
+
+def _unfilter(filters: np.ndarray, lines: np.ndarray) -> np.ndarray:
+    """Undo the png scanline filters of ``lines`` ``(h, w, bytes per pixel)``, one filter type per row.
+
+    A byte depends on its left, upper and upper-left neighbours only, so the pixels on one
+    anti-diagonal (row + column constant) are independent: h + w - 1 vectorised steps,
+    where a per-byte loop would take seconds for one large Paeth-filtered image.
+    """
+    if filters.max(initial=0) > 4:
+        raise ValueError(f"unknown scanline filter type {int(filters.max())}")
+    h, w, bpp = lines.shape
+    recon = np.zeros((h + 1, w + 1, bpp), np.int16)  # a zero row above and column left: the spec's outside bytes
+    flat, src = recon.reshape(-1, bpp), lines.reshape(-1, bpp)
+    for t in range(h + w - 1):
+        y0, y1 = max(0, t - w + 1), min(h - 1, t)
+        n = y1 - y0 + 1
+        at = y0 * w + w + t + 2  # pixel (y0, t - y0) in recon; along the diagonal the index steps by w
+
+        def diagonal(back: int) -> np.ndarray:
+            return flat[at - back:at - back + (n - 1) * w + 1:w]
+
+        a, b, c = diagonal(1), diagonal(w + 1), diagonal(w + 2)  # left, above, upper left
+        p = a + b - c
+        pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
+        paeth = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
+        predictor = np.choose(filters[y0:y1 + 1, None], (0, a, b, (a + b) >> 1, paeth))
+        start = y0 * (w - 1) + t
+        diagonal(0)[...] = (src[start:start + (n - 1) * max(w - 1, 1) + 1:max(w - 1, 1)] + predictor) & 255
+    return recon[1:, 1:].astype(np.uint8)
+
+
+def _read_png16(path: Path) -> np.ndarray:
+    """A 16-bit png as ``(C, H, W)`` uint16, the samples as stored (Pillow keeps 8 bits of 16-bit colour).
+
+    Decodes as the PNG specification says: chunks with CRCs, zlib, the five scanline filters
+    and Adam7 interlacing. Ancillary chunks (gamma, transparency, ...) are not applied, as
+    Pillow's arrays do not apply them either.
+    """
+    data = path.read_bytes()
+    if data[:8] != _PNG_SIGNATURE:
+        raise ValueError("no png signature")
+    header, compressed = None, []
+    for kind, body in _png_chunks(data):
+        if kind == b"IHDR" and len(body) == 13:
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            compressed.append(body)
+        elif kind not in (b"IHDR", b"PLTE", b"IEND") and not kind[0] & 0x20:
+            raise ValueError(f"unknown critical chunk {kind.decode('latin-1')}")
+    if header is None or not compressed:
+        raise ValueError("no IHDR or no IDAT chunk")
+    width, height, depth, colour, compression, filter_method, interlace = header
+    if depth != 16 or colour not in _PNG16_SAMPLES or compression or filter_method or interlace > 1:
+        raise ValueError(f"unsupported png header: bit depth {depth}, colour type {colour}, "
+                         f"compression {compression}, filter method {filter_method}, interlace {interlace}")
+    channels = _PNG16_SAMPLES[colour]
+    bpp = 2 * channels
+    passes = []
+    for y0, x0, dy, dx in _ADAM7 if interlace else ((0, 0, 1, 1),):
+        h, w = max(0, -(-(height - y0) // dy)), max(0, -(-(width - x0) // dx))
+        if h and w:  # an empty pass has no scanlines, not even filter bytes
+            passes.append((y0, x0, dy, dx, h, w))
+    size = sum(h * (1 + w * bpp) for *_, h, w in passes)
+    raw = zlib.decompressobj().decompress(b"".join(compressed), size)  # at most what the header announces
+    if len(raw) < size:
+        raise ValueError(f"truncated image data: {len(raw)} of {size} bytes")
+    out = np.empty((height, width, bpp), np.uint8)
+    pos = 0
+    for y0, x0, dy, dx, h, w in passes:
+        rows = np.frombuffer(raw, np.uint8, h * (1 + w * bpp), pos).reshape(h, 1 + w * bpp)
+        out[y0::dy, x0::dx] = _unfilter(rows[:, 0], rows[:, 1:].reshape(h, w, bpp))
+        pos += rows.size
+    samples = out.reshape(height, width * bpp).view(">u2").reshape(height, width, channels)
+    return np.moveaxis(samples.astype(np.uint16), -1, 0)
+
+
 def read_image_file(path: str | os.PathLike, kind: str = "image") -> tuple[np.ndarray, dict]:
     """Read one png, TIFF or NIfTI file (Pillow for png, tifffile for TIFF, MONAI's NIfTI reader).
 
+    A 16-bit png is decoded here instead, at full depth (uint16): Pillow reads 16-bit colour
+    as 8 bits.
+
     Returns:
-        ``(array, meta)``: a png or 2D TIFF as ``(C, H, W)`` (``C`` = 1, 3
-        or 4 as stored); a NIfTI file as ``(1, X, Y, Z)``. ``meta`` holds ``spacing``
+        ``(array, meta)``: a png or 2D TIFF as ``(C, H, W)`` (``C`` = 1 to 4
+        as stored, in the stored dtype: uint16 for 16 bits); a NIfTI file as
+        ``(1, X, Y, Z)``. ``meta`` holds ``spacing``
         (per spatial axis), ``affine`` (4x4, as MONAI's reader gives it) and
         ``header`` (the nibabel header as stored, for :func:`save_nifti`'s
         ``like``); both None for a png or TIFF (spacing 1).
@@ -131,7 +247,10 @@ def read_image_file(path: str | os.PathLike, kind: str = "image") -> tuple[np.nd
         raise DatasetError(path, f"{kind} file missing")
     ending = file_ending(path)
     try:
-        if ending == ".png":
+        if ending == ".png" and png_bit_depth(path) == 16:
+            array = _read_png16(path)
+            meta = {"spacing": (1.0, 1.0), "affine": None, "header": None}
+        elif ending == ".png":
             # palette images hold colours, not channels; label maps keep their indices
             from PIL import Image
 

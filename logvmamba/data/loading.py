@@ -257,6 +257,9 @@ class ChannelNormalized(mt.Transform):
             elif scheme == "rescale_to_0_1":
                 x = (x - x.min()) / max(float(x.max() - x.min()), 1e-8)
             elif scheme == "rgb_to_0_1":
+                if float(x.max()) > 255:  # nnU-Net refuses too: clamping would flatten a 16-bit image
+                    raise ValueError(f"channel {c}: rgb_to_0_1 needs 8-bit values (0-255), got up to "
+                                     f"{float(x.max()):.0f}; a 16-bit image needs zscore")
                 x = (x / 255.0).clamp(0, 1)
             elif scheme != "none":
                 raise ValueError(f"unknown normalisation scheme {scheme!r}")

@@ -45,6 +45,7 @@ __all__ = [
     "resolve_dataset_dir",
     "missing_dataset_error",
     "load_dataset_json",
+    "check_finite",
 ]
 
 SUBSETS = ("Tr", "Ts")
@@ -252,6 +253,21 @@ class CaseData:
     @property
     def spatial_shape(self) -> tuple[int, ...]:
         return tuple(self.image.shape[1:])
+
+
+def check_finite(case: CaseData) -> None:
+    """Raise :class:`DatasetError` naming the file, case and channel of the first NaN or inf voxels.
+
+    Found here, such a case is one clear line rather than a "loss is nan" epochs into training.
+    """
+    for c in range(case.image.shape[0]):
+        bad = int(np.count_nonzero(~np.isfinite(case.image[c])))
+        if bad:
+            images = case.files.images  # an RGB png holds its three channels in one file
+            file = images[c] if len(images) == case.image.shape[0] else images[0]
+            raise DatasetError(file, f"image holds NaN or infinite values in {bad} voxel(s) of "
+                                     f"{case.image[c].size} (case {case.case_id!r}, channel {c}); "
+                                     f"replace them (e.g. with 0) before training")
 
 
 class RawDataset:
@@ -494,11 +510,12 @@ class RawDataset:
             yield self.read_case(files)
 
     def validate(self, subsets: Sequence[str] = SUBSETS) -> int:
-        """Read every case (and instance mask) of the subsets; returns the number read."""
+        """Read every case (and instance mask) of the subsets, images checked finite; returns the number read."""
         n = 0
         for subset in subsets:
             for files in self.cases(subset):
                 data = self.read_case(files)
+                check_finite(data)
                 if files.instances is not None:
                     inst = read_instance_file(files.instances)
                     if inst.shape != data.spatial_shape:

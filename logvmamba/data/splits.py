@@ -43,6 +43,8 @@ from logvmamba.data.raw import CaseFiles, RawDataset
 from logvmamba.io import atomic_write_text
 
 __all__ = [
+    "EVALUATE_ON",
+    "evaluation_cases",
     "NNUNET_SPLIT_SEED",
     "ACDC_SPLIT_SEED",
     "SPLITS_FILE",
@@ -142,7 +144,8 @@ def load_splits(path: str | os.PathLike, known_ids: Sequence[str] | None = None)
     """Read and check a ``splits_final.json``.
 
     Raises:
-        DatasetError: malformed file, or a listed case id not in ``known_ids``.
+        DatasetError: malformed file, a listed case id not in ``known_ids``, or a case in two
+            of one fold's ``train``, ``val`` and ``test``.
     """
     path = Path(path)
     try:
@@ -165,7 +168,17 @@ def load_splits(path: str | os.PathLike, known_ids: Sequence[str] | None = None)
                 if unknown:
                     raise DatasetError(path, f"fold {k} {key!r} lists case(s) not in imagesTr: "
                                              f"{', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}")
+        _check_disjoint(path, k, fold)
     return splits
+
+
+def _check_disjoint(path: Path, k: int, fold: dict) -> None:
+    """A case validated (or held out) while it trains makes the fold's scores meaningless."""
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        both = sorted(set(fold.get(a, ())) & set(fold.get(b, ())))
+        if both:
+            raise DatasetError(path, f"fold {k} lists {len(both)} case(s) in both {a!r} and {b!r}: "
+                                     f"{', '.join(both[:5])}{', ...' if len(both) > 5 else ''}")
 
 
 def _protocol_of(ds: RawDataset) -> str:
@@ -238,3 +251,16 @@ def split_case_ids(dataset: RawDataset | str | os.PathLike, split: str = "train"
     every training case not held out as test, with an empty ``val``.
     """
     return [c.case_id for c in split_cases(dataset, split, fold, splits)]
+
+
+#: what a run is scored on: ``protocol`` (the held-out test cases) or ``validation``
+EVALUATE_ON = ("protocol", "validation")
+
+
+def evaluation_cases(ds: RawDataset, fold: int, evaluate_on: str = "protocol") -> list[str]:
+    """The cases a run scores. ``protocol``: the held-out test cases (imagesTs, or BraTS' held-out
+    fold), else the fold's validation cases; ``validation``: the fold's validation cases."""
+    if evaluate_on not in EVALUATE_ON:
+        raise ValueError(f"evaluate_on {evaluate_on!r} is not one of {EVALUATE_ON}")
+    cases = split_case_ids(ds, "test", fold) if evaluate_on == "protocol" else []
+    return cases or split_case_ids(ds, "val", fold)

@@ -51,7 +51,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from scipy import ndimage
 
-from logvmamba.data.errors import DatasetError
+from logvmamba.cli import add_debug_flag, command
 from logvmamba.data.formats import (
     save_instance_mask,
     save_nifti,
@@ -561,6 +561,7 @@ def generate_all(dest_root: str | os.PathLike, seed: int = 0, num_cases: int | N
     return {key: generate(key, dest_root, seed, num_cases, overwrite=overwrite) for key in DATASETS}
 
 
+@command
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m logvmamba.data.synthetic",
@@ -570,14 +571,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cases", type=int, default=None, help="training cases per dataset")
     parser.add_argument("--overwrite", action="store_true", help="replace existing folders")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     keys = list(DATASETS) if args.dataset == "all" else [args.dataset]
-    try:
-        folders = [generate(key, args.dest_root, args.seed, args.cases, overwrite=args.overwrite) for key in keys]
-    except (DatasetError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    folders = [generate(key, args.dest_root, args.seed, args.cases, overwrite=args.overwrite) for key in keys]
     print("\n".join(str(folder) for folder in folders))
     return 0
 

@@ -1,7 +1,7 @@
 import os
 from pathlib import Path
 
-from logvmamba.config import RECIPES, check_models, dataset_recipe, evaluate_on, model_spec, register_datasets, weight_recipe
+from logvmamba.config import RECIPES, check_models, check_overrides, check_patch_sizes, dataset_recipe, evaluate_on, model_spec, register_datasets, weight_recipe
 from logvmamba.config import run_grid as config_run_grid
 from logvmamba.data import DATASETS
 from logvmamba.reporting.tables import table_names
@@ -9,6 +9,9 @@ from logvmamba.reporting.tables import table_names
 # User datasets (any nnU-Net raw dataset) become keys DatasetXXX; the scripts register them again.
 register_datasets(config)
 check_models(config)
+# Refused here, a misspelt override or a patch a model cannot take stops the dry run, not a train job.
+check_overrides(config)
+check_patch_sizes(config)
 
 # A local run (no --jobs for a cluster) uses at most the CPUs this process may run on:
 # `--cores 8` on a 2-core laptop would start 8 one-thread jobs on 2 cores, each a quarter
