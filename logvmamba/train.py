@@ -810,7 +810,7 @@ def _write_log(path: Path, rows: list[dict]) -> None:
 
 @command(also=(TrainingDiverged, RunFolderBusy))
 def main(argv=None) -> None:
-    from logvmamba.config import ROOT, load_config, resolve_recipe
+    from logvmamba.config import ROOT, ConfigError, load_config, resolve_recipe
 
     parser = argparse.ArgumentParser(prog="python -m logvmamba.train", description="Train a registered model on a dataset.")
     parser.add_argument("--model", required=True, help="model entry of the config (or a registered name)")
@@ -823,7 +823,10 @@ def main(argv=None) -> None:
     add_debug_flag(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    config = load_config(*(args.config or [ROOT / "config" / "config.yaml"]))  # not the cwd's: run from anywhere
+    default = ROOT / "config" / "config.yaml"  # the checkout's, not the cwd's: runs from any folder
+    if not args.config and not default.is_file():
+        raise ConfigError(f"{default}: no checkout config beside this installed package; pass --config FILE")
+    config = load_config(*(args.config or [default]))
     ds = RawDataset(args.dataset)
     recipe = resolve_recipe(config, args.model, ds)
     try:

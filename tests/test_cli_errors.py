@@ -65,7 +65,7 @@ def test_synthetic_names_a_destination_that_is_a_file(tmp_path, capsys):
     dest = tmp_path / "a_file"
     dest.write_text("not a folder")
     assert synthetic.main(["cell", str(dest), "--cases", "5"]) == 2
-    assert str(dest) in _one_error_line(capsys)
+    assert f"error: {dest}: the destination is a file, not a folder" == _one_error_line(capsys)
 
 
 def test_profile_names_an_unknown_model(tmp_path, capsys):
@@ -128,3 +128,39 @@ def test_train_reads_the_checkouts_config_from_any_folder(tmp_path, monkeypatch,
     assert train_main(["--model", "nnunet", "--dataset", str(missing), "--out", str(tmp_path / "run")]) == 2
     line = _one_error_line(capsys)
     assert str(missing) in line and "config file not found" not in line
+
+
+def test_train_names_an_output_folder_it_cannot_write(tmp_path, monkeypatch, synth_root):
+    """Root writes into read-only folders, so the refusal is simulated where the probe file is made."""
+    import tempfile
+
+    import logvmamba.io as io_module
+    from logvmamba.config import load_config, resolve_recipe
+    from logvmamba.data import RawDataset
+    from logvmamba.train import train
+
+    ds = RawDataset(synth_root / "Dataset904_SynthEndoscopy")
+    recipe = resolve_recipe(load_config(ROOT / "config/config.yaml"), "nnunet", ds)
+    real = tempfile.mkstemp
+
+    def refuse(*args, dir=None, prefix="", **kwargs):
+        if prefix == ".write_probe.":
+            raise PermissionError(13, "Permission denied", os.path.join(dir, prefix + "x"))
+        return real(*args, dir=dir, prefix=prefix, **kwargs)
+
+    monkeypatch.setattr(io_module.tempfile, "mkstemp", refuse)
+    out = tmp_path / "run"
+    with pytest.raises(PermissionError, match="output folder is not writable") as err:
+        train(recipe, ds.path, out, progress=False)
+    assert err.value.filename == str(out)
+    assert list(out.iterdir()) == []  # no lock, no log
+
+
+def test_train_without_a_checkout_config_asks_for_one(tmp_path, monkeypatch, capsys, synth_root):
+    import logvmamba.config as config_module
+
+    monkeypatch.setattr(config_module, "ROOT", tmp_path)  # an installed wheel: no config/ beside the package
+    assert train_main(["--model", "nnunet", "--dataset", str(synth_root / "Dataset904_SynthEndoscopy"),
+                       "--out", str(tmp_path / "run")]) == 2
+    assert _one_error_line(capsys) == (f"error: {tmp_path / 'config' / 'config.yaml'}: no checkout config beside "
+                                       f"this installed package; pass --config FILE")

@@ -442,6 +442,8 @@ def staged_dataset_dir(dest_root: str | os.PathLike, name: str, overwrite: bool 
     """
     dest_root = Path(dest_root).expanduser()
     final = dest_root / name
+    if dest_root.exists() and not dest_root.is_dir():
+        raise DatasetError(dest_root, "the destination is a file, not a folder")
     if final.exists() and not overwrite:
         raise DatasetError(final, "already exists; remove it or pass overwrite=True (--overwrite)")
     dest_root.mkdir(parents=True, exist_ok=True)
