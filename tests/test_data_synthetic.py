@@ -7,6 +7,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from logvmamba.data import DATASETS, RawDataset, get_info
 from logvmamba.data import synthetic
@@ -45,6 +46,36 @@ def test_endoscopy_frames_are_rgb_with_instruments(synth_root):
     # instruments and tissue differ in colour statistics
     fg, bg = case.image[:, case.label > 0], case.image[:, case.label == 0]
     assert abs(fg[0].mean() - fg[1].mean()) < abs(bg[0].mean() - bg[1].mean())
+
+
+def test_endoscopy_classes_have_their_own_colour(synth_root):
+    """Each instrument class's median colour is far (> 60 of 255 in some channel) from the
+    tissue's and from every other class's, over the whole stand-in."""
+    ds = RawDataset(synth_root / "Dataset904_SynthEndoscopy")
+    pixels = {}
+    for case_id in ds.case_ids():
+        case = ds.read_case(case_id)
+        inner = ndimage.binary_erosion(case.label > 0, iterations=2)  # away from blurred edges
+        for value in np.unique(case.label):
+            where = (case.label == value) & (inner if value else ~ndimage.binary_dilation(case.label > 0, iterations=4))
+            pixels.setdefault(int(value), []).append(case.image[:, where])
+    medians = {k: np.median(np.concatenate(v, axis=1), axis=1) for k, v in pixels.items()}
+    assert set(medians) == set(range(8))
+    for a in medians:
+        for b in medians:
+            if a < b:
+                assert np.abs(medians[a] - medians[b]).max() > 60, (a, b, medians[a], medians[b])
+
+
+def test_endoscopy_instruments_have_a_shadow_rim(synth_root):
+    """The two pixels outside an instrument are darker than the tissue further out."""
+    ds = RawDataset(synth_root / "Dataset904_SynthEndoscopy")
+    case = ds.read_case(ds.case_ids()[0])
+    tool = case.label > 0
+    rim = ndimage.binary_dilation(tool, iterations=2) & ~tool
+    tissue = ~ndimage.binary_dilation(tool, iterations=5)
+    brightness = case.image.astype(float).mean(0)
+    assert brightness[rim].mean() < 0.6 * brightness[tissue].mean()
 
 
 def test_cell_instances_touch_and_match_semantic_labels(synth_root):

@@ -12,8 +12,9 @@ dataset.json carries ``"synthetic": true`` and a description saying so.
 key         folder                       content
 =========== ============================ ============================================
 endoscopy   Dataset904_SynthEndoscopy    RGB 96x128 png; instruments (shaft + a
-                                         class-specific head shape, colour and
-                                         texture) on textured tissue; labels 0-7
+                                         class-specific head shape, one hue per
+                                         class, a dark shadow rim) on textured
+                                         tissue; labels 0-7
 cell        Dataset903_SynthCell         RGB 96x96 png in three microscopy styles;
                                          touching cells; labels 0 background,
                                          1 interior, 2 boundary; instance masks in
@@ -94,18 +95,21 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 # endoscopy: instruments on tissue
 # ----------------------------------------------------------------------------
 
-# per class: shaft colour, head colour, shaft half-width (px). Shaft colours differ in
-# hue as well as brightness, so that the class is learnable from every pixel of the
-# instrument in the short default runs, not from the head alone.
+# per class: shaft colour, head colour, shaft half-width (px). Every class has its own hue,
+# far from the tissue's red and from the other classes', on the shaft and (a shade
+# brighter or darker) on the head, so a short run can learn the class from any pixel of
+# the instrument; a dark shadow rim around each instrument (background) keeps the blend of
+# an instrument's edge with the tissue from looking like another class's hue.
 _INSTRUMENT_STYLE = {
-    1: ((60, 90, 170), (150, 155, 175), 5.0),    # bipolar forceps: blue, two-prong fork
-    2: ((40, 40, 45), (165, 165, 165), 5.0),     # prograsp forceps: black, diverging jaws
-    3: ((140, 140, 140), (110, 110, 110), 5.5),  # large needle driver: grey, striped block jaw
-    4: ((40, 130, 80), (215, 215, 230), 6.0),    # vessel sealer: green, long bright flat jaw
-    5: ((200, 190, 110), (185, 185, 175), 4.5),  # grasping retractor: yellow, ring-shaped head
-    6: ((150, 80, 160), (200, 175, 115), 5.0),   # monopolar curved scissors: purple, golden blade
-    7: ((225, 225, 220), (235, 235, 228), 9.0),  # ultrasound probe: wide, white, rounded cap
+    1: ((30, 50, 200), (70, 95, 235), 5.0),      # bipolar forceps: blue, two-prong fork
+    2: ((60, 210, 240), (30, 160, 190), 5.0),    # prograsp forceps: cyan, diverging jaws
+    3: ((40, 170, 70), (30, 130, 50), 5.5),      # large needle driver: green, striped block jaw
+    4: ((240, 225, 40), (250, 240, 130), 6.0),   # vessel sealer: yellow, long flat jaw
+    5: ((150, 50, 220), (180, 100, 240), 4.5),   # grasping retractor: purple, ring-shaped head
+    6: ((160, 235, 40), (120, 190, 30), 5.0),    # monopolar curved scissors: lime, curved blade
+    7: ((240, 240, 240), (250, 250, 250), 9.0),  # ultrasound probe: wide, white, rounded cap
 }
+_SHADOW = 0.3  # tissue brightness under an instrument's rim
 
 
 def _instrument(cls: int, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray):
@@ -157,16 +161,14 @@ def _instrument(cls: int, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarr
     mask = shaft | head
 
     # appearance: cylindrical shading across the shaft, class-specific texture on the head
-    shade = 0.65 + 0.45 * np.sqrt(np.clip(1.0 - (v / (half + 1e-6)) ** 2, 0.0, 1.0))
+    shade = 0.8 + 0.25 * np.sqrt(np.clip(1.0 - (v / (half + 1e-6)) ** 2, 0.0, 1.0))
     rgb = np.where(head[..., None], np.asarray(head_rgb, float), np.asarray(shaft_rgb, float))
     rgb = rgb * shade[..., None]
     if cls == 3:
         rgb = rgb * np.where(head, 0.75 + 0.25 * np.sign(np.sin(u * 1.6)), 1.0)[..., None]
-    if cls == 7:
-        rgb = rgb * np.where(np.abs(v) < 1.2, 0.45, 1.0)[..., None]  # dark seam
-    if cls == 2:  # bright ring band near the tip
+    if cls == 2:  # brighter band near the tip
         band = (u > -6) & (u < -3) & shaft
-        rgb[band] = (230, 230, 230)
+        rgb[band] = rgb[band] * 1.15
     return mask, rgb
 
 
@@ -190,6 +192,8 @@ def endoscopy_case(rng: np.random.Generator, shape: tuple[int, int] = (96, 128))
     n_tools = int(rng.choice([1, 2, 3], p=[0.3, 0.5, 0.2]))
     for cls in rng.choice(np.arange(1, 8), size=n_tools, replace=False):
         mask, tool_rgb = _instrument(int(cls), rng, yy, xx)
+        rim = ndimage.binary_dilation(mask, iterations=2) & ~mask
+        rgb[rim] *= _SHADOW
         rgb[mask] = tool_rgb[mask]
         label[mask] = cls
     rgb = ndimage.gaussian_filter(rgb, sigma=(0.6, 0.6, 0))
