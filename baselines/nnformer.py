@@ -34,10 +34,9 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.layers.factories import Conv
-from timm.layers import DropPath
 
-from logvmamba.models.layers import per_axis
+from logvmamba.models.factories import Conv
+from logvmamba.models.layers import DropPath, per_axis
 from logvmamba.registry import register_model
 
 __all__ = ["NNFormer", "NNFormerBlock", "WindowAttention", "nnformer", "nnformer_test", "window_partition", "window_reverse"]

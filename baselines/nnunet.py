@@ -248,7 +248,7 @@ def build_plain_unet(
         [128, 64, 32, 16, 8]
     """
     from dynamic_network_architectures.architectures.unet import PlainConvUNet  # heavy; on use
-    from monai.networks.layers.factories import Conv, Norm
+    from logvmamba.models.factories import Conv, Norm
 
     if in_channels < 1 or out_channels < 1:
         raise ValueError(f"in_channels {in_channels} and out_channels {out_channels} must be positive")

@@ -39,10 +39,10 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-from monai.networks.layers.factories import Conv
 
 from baselines.nnunet import plan_for_patch
 from baselines.umamba import BasicBlockD, ConvNormAct
+from logvmamba.models.factories import Conv
 from logvmamba.registry import register_model
 
 __all__ = [

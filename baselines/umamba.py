@@ -39,8 +39,8 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-from monai.networks.layers.factories import Conv, Norm, Pool
 
+from logvmamba.models.factories import Conv, Norm, Pool
 from logvmamba.models.layers import BasicResBlock, per_axis
 from logvmamba.models.mamba_layer import MambaLayer
 from logvmamba.registry import register_model

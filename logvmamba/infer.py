@@ -17,13 +17,14 @@ import argparse
 import logging
 import os
 import sys
-from itertools import combinations
+from itertools import combinations, product
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from logvmamba.cli import add_debug_flag, command
 from logvmamba.data import DatasetError, RawDataset, load_case, regions_to_label
@@ -31,13 +32,69 @@ from logvmamba.data.formats import (
     SUPPORTED_FILE_ENDINGS, case_and_channel, file_ending, read_image_file, save_image_file,
 )
 
-__all__ = ["predict_logits", "logits_to_label", "predict_case", "save_prediction", "predict_dataset",
-           "read_image_folder", "predict_folder"]
+__all__ = ["sliding_window", "gaussian_weights", "window_starts", "predict_logits", "logits_to_label", "predict_case",
+           "save_prediction", "predict_dataset", "read_image_folder", "predict_folder"]
 
 logger = logging.getLogger(__name__)
 
 def _first(output):
     return output[0] if isinstance(output, (list, tuple)) else output
+
+
+def gaussian_weights(patch_size: Sequence[int], sigma_scale: float = 0.125) -> torch.Tensor:
+    """A window's blending weights: the product of one Gaussian per axis, sigma ``sigma_scale`` x
+    the side, centred on the window, 1 at the centre, floored at ``max(min, 1e-3)`` (MONAI's
+    ``compute_importance_map(mode="gaussian")``, which nnU-Net's window blending also is)."""
+    weights = None
+    for side in patch_size:
+        x = torch.arange(-(side - 1) / 2.0, (side - 1) / 2.0 + 1, dtype=torch.float)
+        g = torch.exp(x**2 / (-2 * (side * sigma_scale) ** 2))
+        weights = g if weights is None else weights.unsqueeze(-1) * g
+    return weights.clamp(min=max(weights.min().item(), 1e-3))
+
+
+def window_starts(size: int, window: int, overlap: float) -> list[int]:
+    """Start of each window along one axis: a stride of ``window * (1 - overlap)`` (at least 1),
+    the last window moved back to end at the image's edge; one window when it covers the axis."""
+    if window >= size:
+        return [0]
+    step = max(int(window * (1 - overlap)), 1)
+    count = next(i for i in range(size) if i * step + window >= size) + 1
+    return [min(i * step, size - window) for i in range(count)]
+
+
+def sliding_window(image: torch.Tensor, patch_size: Sequence[int], predictor, overlap: float = 0.5,
+                   sw_batch_size: int = 1) -> torch.Tensor:
+    """``predictor`` over windows of ``patch_size`` of ``image`` (1, C, *spatial), blended with
+    :func:`gaussian_weights`; an image smaller than the window is zero-padded around its centre.
+
+    The result equals MONAI's ``sliding_window_inference(mode="gaussian", padding_mode="constant")``
+    (tested against it); written here so that prediction does not import MONAI.
+    """
+    patch = tuple(int(p) for p in patch_size)
+    spatial = image.shape[2:]
+    if len(patch) != len(spatial):
+        raise ValueError(f"patch {patch} has {len(patch)} axes, the image {len(spatial)}")
+    pad = [(max(p - s, 0) // 2, max(p - s, 0) - max(p - s, 0) // 2) for p, s in zip(patch, spatial)]
+    if any(a or b for a, b in pad):
+        image = F.pad(image, [v for a, b in reversed(pad) for v in (a, b)])
+    size = image.shape[2:]
+    starts = [window_starts(n, p, overlap) for n, p in zip(size, patch)]
+    windows = [tuple(slice(s, s + p) for s, p in zip(corner, patch)) for corner in product(*starts)]
+    weights = gaussian_weights(patch).to(image.device, image.dtype)
+    total = count = None
+    for first in range(0, len(windows), sw_batch_size):
+        group = windows[first:first + sw_batch_size]
+        out = predictor(torch.cat([image[(slice(None), slice(None), *w)] for w in group]))
+        if total is None:
+            total = image.new_zeros((1, out.shape[1], *size))
+            count = image.new_zeros((1, 1, *size))
+            for w in windows:
+                count[(slice(None), slice(None), *w)] += weights
+        for logits, w in zip(out, group):
+            total[(slice(None), slice(None), *w)] += (logits * weights)[None]
+    total /= count
+    return total[(slice(None), slice(None), *(slice(a, a + n) for (a, _), n in zip(pad, spatial)))]
 
 
 def predict_logits(
@@ -52,16 +109,11 @@ def predict_logits(
 
     With ``tta`` the logits are averaged over every combination of axis flips.
     """
-    from monai.inferers import sliding_window_inference
-
     device = next(model.parameters()).device
     x = image.unsqueeze(0).to(device)
 
     def run(inp: torch.Tensor) -> torch.Tensor:
-        return sliding_window_inference(
-            inp, roi_size=tuple(patch_size), sw_batch_size=sw_batch_size, predictor=lambda t: _first(model(t)),
-            overlap=overlap, mode="gaussian", padding_mode="constant",
-        )
+        return sliding_window(inp, patch_size, lambda t: _first(model(t)), overlap, sw_batch_size)
 
     model.eval()
     with torch.inference_mode():
@@ -95,7 +147,7 @@ def predict_resampled(model, image: torch.Tensor, spacing, target_spacing, patch
     to it and its logits are resampled back (linear), as nnU-Net predicts."""
     if target_spacing is None or spacing is None:
         return predict_logits(model, image, patch_size, overlap, tta, sw_batch_size)
-    from logvmamba.data.loading import resample, resampled_size
+    from logvmamba.data.cases import resample, resampled_size
 
     size = resampled_size(image.shape[1:], spacing, target_spacing)
     logits = predict_logits(model, resample(image, size), patch_size, overlap, tta, sw_batch_size)
@@ -197,7 +249,7 @@ def _read_image(files: Sequence[Path], data: Mapping, spatial_dims: int) -> tupl
     Raises:
         DatasetError: the channel count or the number of spatial axes is not the checkpoint's.
     """
-    from logvmamba.data.loading import normalizer
+    from logvmamba.data.cases import normalize
 
     arrays, meta = [], None
     for file in files:
@@ -216,8 +268,7 @@ def _read_image(files: Sequence[Path], data: Mapping, spatial_dims: int) -> tupl
         what = {1: " (a grayscale image)", 3: " (an RGB image)", 4: " (an RGBA image)"}.get(image.shape[0], "")
         raise DatasetError(files[0], f"{image.shape[0]} channel(s){what}, the checkpoint was trained on "
                                      f"{len(expected)} ({', '.join(expected)})")
-    image = normalizer(data["normalization"])({"image": image})["image"]
-    return torch.as_tensor(np.asarray(image), dtype=torch.float32), meta
+    return normalize(torch.from_numpy(image), data["normalization"]), meta
 
 
 def predict_folder(model: nn.Module, checkpoint: Mapping, input_path: str | os.PathLike, out_dir: str | os.PathLike,

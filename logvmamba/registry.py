@@ -9,14 +9,22 @@ use of :func:`create_model`, :func:`list_models` or :func:`model_dims`, not at
 package import: the built-in ones below, every module of the ``baselines``
 package, and any module named in the ``LOGVMAMBA_MODEL_MODULES`` environment
 variable (comma separated), which is how a user adds a model from outside.
+:func:`create_model` and :func:`model_dims` import only the module that defines the
+name (found by reading the modules' sources for ``@register_model`` functions), so a
+job that builds one network does not pay for the others' imports (MONAI's networks);
+:func:`list_models` imports them all.
 """
 
 from __future__ import annotations
 
+import ast
 import fnmatch
+import functools
 import importlib
+import importlib.util
 import os
 import pkgutil
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import torch.nn as nn
@@ -71,11 +79,47 @@ def _model_modules() -> list[str]:
     return modules
 
 
+def _load(module: str) -> None:
+    if module not in _loaded_modules:
+        importlib.import_module(module)
+        _loaded_modules.add(module)
+
+
 def _load_all() -> None:
     for module in _model_modules():
-        if module not in _loaded_modules:
-            importlib.import_module(module)
-            _loaded_modules.add(module)
+        _load(module)
+
+
+def _is_registration(decorator: ast.expr) -> bool:
+    target = decorator.func if isinstance(decorator, ast.Call) else decorator
+    return (isinstance(target, ast.Name) and target.id == "register_model") or (
+        isinstance(target, ast.Attribute) and target.attr == "register_model")
+
+
+@functools.lru_cache(maxsize=None)
+def _registered_in(module: str) -> frozenset[str] | None:
+    """Names ``module`` registers with ``@register_model`` on its top-level functions, read from
+    its source without importing it; None when the source cannot be read or parsed."""
+    try:
+        spec = importlib.util.find_spec(module)
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    except (ImportError, AttributeError, TypeError, ValueError, OSError, SyntaxError):
+        return None
+    return frozenset(node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                     and any(_is_registration(d) for d in node.decorator_list))
+
+
+def _load_for(name: str) -> None:
+    """Import the module that registers ``name`` (every module when none says it does)."""
+    if name in _MODELS:
+        return
+    for module in _model_modules():
+        names = _registered_in(module)
+        if names is None or name in names:  # an unreadable source is imported to find out
+            _load(module)
+            if name in _MODELS:
+                return
+    _load_all()
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -91,7 +135,7 @@ def model_dims(name: str) -> tuple[int, ...]:
     Raises:
         UnknownModelError: for a name no module registered.
     """
-    _load_all()
+    _load_for(name)
     if name not in _DIMS:
         raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(sorted(_MODELS))}")
     return _DIMS[name]
@@ -115,7 +159,7 @@ def create_model(
         >>> net3d = create_model("logvmamba", spatial_dims=3, in_channels=4,
         ...                      out_channels=3, img_size=(128, 128, 128))
     """
-    _load_all()
+    _load_for(name)
     if name not in _MODELS:
         raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(sorted(_MODELS))}")
     return _MODELS[name](

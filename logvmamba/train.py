@@ -53,7 +53,7 @@ from logvmamba.checkpoint import (
 )
 from logvmamba.config import weight_recipe
 from logvmamba.data import RawDataset, split_case_ids
-from logvmamba.data.loading import resolved_normalization
+from logvmamba.data.cases import resolved_normalization
 from logvmamba.infer import predict_case
 from logvmamba.io import atomic_write_text, check_output_folder
 

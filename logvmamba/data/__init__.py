@@ -105,7 +105,8 @@ _LAZY = {"make_loader", "load_case", "LoadedCase"}
 
 
 def __getattr__(name: str):
-    # the loaders import torch and MONAI; keep `import logvmamba.data` light for converters
+    # the loaders import torch (and the training loader MONAI); keep `import logvmamba.data` light for converters
     if name in _LAZY:
-        return getattr(importlib.import_module("logvmamba.data.loading"), name)
+        module = "logvmamba.data.loading" if name == "make_loader" else "logvmamba.data.cases"
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

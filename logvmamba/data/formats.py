@@ -225,6 +225,16 @@ def _read_png16(path: Path) -> np.ndarray:
     return np.moveaxis(samples.astype(np.uint16), -1, 0)
 
 
+def _zooms_match_affine(nifti) -> bool:
+    """Whether a NIfTI header's pixdim equals its affine's column norms (MONAI's reader then reads
+    the file as nibabel does; otherwise it rewrites the header first)."""
+    dim = int(nifti.header["dim"][0])
+    if dim >= 5:
+        return True
+    zooms = np.asarray(nifti.header.get_zooms())[:dim]
+    return bool(np.allclose(zooms, np.sqrt((np.asarray(nifti.affine)[:dim, :dim] ** 2).sum(axis=0))))
+
+
 def read_image_file(path: str | os.PathLike, kind: str = "image") -> tuple[np.ndarray, dict]:
     """Read one png, TIFF or NIfTI file (Pillow for png, tifffile for TIFF, MONAI's NIfTI reader).
 
@@ -263,17 +273,21 @@ def read_image_file(path: str | os.PathLike, kind: str = "image") -> tuple[np.nd
             meta = {"spacing": (1.0, 1.0), "affine": None, "header": None}
         elif ending in (".nii.gz", ".nii"):
             import nibabel as nib
-            from monai.data import NibabelReader
 
-            # MONAI's reader may "correct" a header whose pixdim disagrees with its affine; the
-            # writer's reference must be the header as stored
-            stored_header = nib.load(str(path)).header
-            reader = NibabelReader()
-            array, header = reader.get_data(reader.read(str(path)))
-            array = np.asarray(array)
+            nifti = nib.load(str(path))
+            stored_header = nifti.header  # the writer's reference: the header as stored
+            if _zooms_match_affine(nifti):
+                array, affine = np.asarray(nifti.dataobj), np.array(nifti.affine, dtype=np.float64)
+            else:
+                # MONAI's reader rectifies the sform / qform of a header whose pixdim disagrees
+                # with its affine; such rare files keep its reading (and its import)
+                from monai.data import NibabelReader
+
+                reader = NibabelReader()
+                array, header = reader.get_data(reader.read(str(path)))
+                array, affine = np.asarray(array), np.asarray(header["affine"], dtype=np.float64)
             while array.ndim > 3 and array.shape[-1] == 1:
                 array = array[..., 0]
-            affine = np.asarray(header["affine"], dtype=np.float64)
             spacing = affine_spacing(affine)
             meta = {"spacing": spacing, "affine": affine, "header": stored_header}
             if array.ndim != 3:

@@ -1,4 +1,4 @@
-"""Training loaders and inference-side case loading (MONAI transforms).
+"""Training loaders (MONAI transforms); inference reads cases through :mod:`logvmamba.data.cases`.
 
 Training::
 
@@ -11,7 +11,7 @@ Training::
                      # region in dataset.json order (whole tumour, tumour core, enhancing)
     batch["case_id"] # list of B case ids
 
-Inference::
+Inference (:func:`logvmamba.data.cases.load_case`, re-exported here; no MONAI)::
 
     case = load_case(dataset_dir, "BraTS_00007")
     case.image    # (C, *spatial) float32, normalised exactly as in training
@@ -52,7 +52,6 @@ Validation and test patches come from ``Compose.set_random_state(seed)``.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Sequence
 
@@ -61,6 +60,9 @@ import numpy as np
 import torch
 from monai.data import CacheDataset, DataLoader, Dataset, set_track_meta
 
+from logvmamba.data.cases import (  # noqa: F401  (re-exported: inference reads cases through logvmamba.data.cases)
+    LoadedCase, load_case, normalize, normalize_channels, resample, resampled_size, resolved_normalization,
+)
 from logvmamba.data.errors import DatasetError
 from logvmamba.data.labels import label_to_regions, regions_to_label  # noqa: F401  (regions_to_label re-exported)
 from logvmamba.data.raw import CaseData, CaseFiles, RawDataset, open_dataset
@@ -81,6 +83,8 @@ __all__ = [
     "resampled_size",
     "resample",
     "ChannelNormalized",
+    "ZScored",
+    "normalize",
     "make_dataset",
     "make_loader",
     "EpochSampler",
@@ -132,20 +136,6 @@ class LoadCased(mt.Transform):
         if case.label is not None:
             data["label"] = torch.from_numpy(case.label[None].astype(np.float32))
         return data
-
-
-def resampled_size(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> list[int]:
-    """nnU-Net's new shape for a resampling: ``round(spacing / target * size)`` per axis."""
-    return [max(1, int(round(float(s) / float(t) * int(n)))) for s, t, n in zip(spacing, target, shape)]
-
-
-def resample(x: torch.Tensor, size: Sequence[int], label: bool = False) -> torch.Tensor:
-    """``(C, *spatial)`` resampled to ``size``: linear for images and logits, nearest for labels."""
-    if list(x.shape[1:]) == [int(v) for v in size]:
-        return x
-    mode = "nearest" if label else ("bilinear" if x.ndim == 3 else "trilinear")
-    resize = mt.Resize([int(v) for v in size], mode=mode, align_corners=None if label else False)
-    return torch.as_tensor(resize(x.float()), dtype=torch.float32)
 
 
 class ResampleToSpacingd(mt.Transform):
@@ -234,49 +224,24 @@ def _check_trainable(ds: RawDataset) -> None:
 
 class ChannelNormalized(mt.Transform):
     """Per-channel normalisation of ``data["image"]`` by nnU-Net v2's schemes
-    (see :func:`logvmamba.data.fingerprint.channel_normalization`)."""
+    (:func:`logvmamba.data.cases.normalize_channels`)."""
 
     def __init__(self, specs: Sequence[dict]):
         self.specs = [dict(s) for s in specs]
 
     def __call__(self, data: dict) -> dict:
-        image = torch.as_tensor(data["image"], dtype=torch.float32).clone()
-        if image.shape[0] != len(self.specs):
-            raise ValueError(f"{image.shape[0]} image channels, the normalisation has {len(self.specs)}")
-        for c, spec in enumerate(self.specs):
-            x = image[c]
-            scheme = spec["scheme"]
-            if scheme == "ct":
-                x = (x.clamp(spec["lower"], spec["upper"]) - spec["mean"]) / max(spec["std"], 1e-8)
-            elif scheme == "zscore":
-                mask = x != 0 if spec.get("nonzero") else torch.ones_like(x, dtype=torch.bool)
-                values = x[mask]
-                if values.numel():
-                    mean, std = values.mean(), values.std(unbiased=False)
-                    x = torch.where(mask, (x - mean) / max(float(std), 1e-8), torch.zeros_like(x))
-            elif scheme == "rescale_to_0_1":
-                x = (x - x.min()) / max(float(x.max() - x.min()), 1e-8)
-            elif scheme == "rgb_to_0_1":
-                if float(x.max()) > 255:  # nnU-Net refuses too: clamping would flatten a 16-bit image
-                    raise ValueError(f"channel {c}: rgb_to_0_1 needs 8-bit values (0-255), got up to "
-                                     f"{float(x.max()):.0f}; a 16-bit image needs zscore")
-                x = (x / 255.0).clamp(0, 1)
-            elif scheme != "none":
-                raise ValueError(f"unknown normalisation scheme {scheme!r}")
-            image[c] = x
-        return {**data, "image": image}
+        return {**data, "image": normalize_channels(data["image"], self.specs)}
 
 
-def resolved_normalization(ds: RawDataset, normalization=None):
-    """The normalisation training applies and a checkpoint stores: ``"zscore"``,
-    ``"zscore_nonzero"`` or per-channel dicts (``"nnunet"`` resolved from the fingerprint)."""
-    info = ds.info
-    normalization = normalization or (info.normalization if info else "zscore")
-    if normalization == "nnunet":
-        from logvmamba.data.fingerprint import channel_normalization
+class ZScored(mt.Transform):
+    """Per-channel z-score of ``data["image"]`` (:func:`logvmamba.data.cases.zscore`), what
+    MONAI's ``NormalizeIntensityd(channel_wise=True)`` computes, in one function shared with inference."""
 
-        return channel_normalization(ds)
-    return normalization
+    def __init__(self, nonzero: bool = False):
+        self.nonzero = nonzero
+
+    def __call__(self, data: dict) -> dict:
+        return {**data, "image": normalize(data["image"], "zscore_nonzero" if self.nonzero else "zscore")}
 
 
 def normalizer(normalization):
@@ -285,7 +250,7 @@ def normalizer(normalization):
         return ChannelNormalized(normalization)
     if normalization not in ("zscore", "zscore_nonzero"):
         raise ValueError(f"normalization must be 'zscore', 'zscore_nonzero' or per-channel dicts, got {normalization!r}")
-    return mt.NormalizeIntensityd(keys="image", nonzero=normalization == "zscore_nonzero", channel_wise=True)
+    return ZScored(nonzero=normalization == "zscore_nonzero")
 
 
 def make_transforms(ds: RawDataset, train: bool, patch_size: Sequence[int] | None = None,
@@ -515,60 +480,3 @@ def epoch_loader(data: Dataset, batch_size: int, seed: int, samples: int | None 
     return DataLoader(SeededDraws(data, seed), batch_size=batch_size // world_size, sampler=sampler,
                       num_workers=num_workers, generator=torch.Generator().manual_seed(int(seed)), drop_last=False,
                       persistent_workers=False)
-
-
-# ----------------------------------------------------------------------------
-# inference
-# ----------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class LoadedCase:
-    """One case prepared for inference / evaluation.
-
-    Attributes:
-        case_id: case identifier.
-        image: ``(C, *spatial)`` float32 tensor, normalised as in training.
-        label: ``spatial`` int64 label map as stored, or None.
-        regions: ``(R, *spatial)`` bool region masks (region datasets), else None.
-        spacing: voxel size per spatial axis (png: 1.0).
-        affine: NIfTI affine (4x4) or None.
-        instances: instance mask (``int32``, 0 background) when the dataset
-            has one for this case, else None.
-        files: the case's files.
-        header: nibabel header of the first channel file (png: None); write a
-            prediction with ``save_image_file(path, label, like=case)``.
-    """
-
-    case_id: str
-    image: torch.Tensor
-    label: torch.Tensor | None
-    regions: torch.Tensor | None
-    spacing: tuple[float, ...]
-    affine: np.ndarray | None
-    instances: np.ndarray | None
-    files: CaseFiles
-    header: object | None = None
-
-
-def load_case(dataset: RawDataset | str | os.PathLike, case_id: str, subset: str | None = None,
-              normalization: str | None = None, root: str | os.PathLike | None = None) -> LoadedCase:
-    """Read and normalise one case for inference, through the validation transforms of :func:`make_transforms`.
-
-    Args:
-        dataset: a :class:`RawDataset`, a dataset folder or a name under ``root``.
-        case_id: the case.
-        subset: ``"Tr"`` or ``"Ts"`` (default: Tr, then Ts).
-        normalization: override the registry's normalisation.
-    """
-    ds = open_dataset(dataset, root)
-    files = ds.get(case_id, subset)
-    raw = ds.read_case(files)
-    out = make_transforms(ds, train=False, normalization=normalization)({"case": raw})
-    label = regions = None
-    if raw.label is not None:
-        label = torch.from_numpy(raw.label.astype(np.int64))
-        if ds.has_regions:
-            regions = out["label"].bool()
-    instances = ds.read_instances(files) if files.instances is not None else None
-    return LoadedCase(raw.case_id, out["image"], label, regions, raw.spacing, raw.affine, instances, files,
-                      raw.header)

@@ -13,8 +13,8 @@ key         folder                       content
 =========== ============================ ============================================
 endoscopy   Dataset904_SynthEndoscopy    RGB 96x128 png; instruments (shaft + a
                                          class-specific head shape, one hue per
-                                         class, a dark shadow rim) on textured
-                                         tissue; labels 0-7
+                                         class, a dark shadow rim, none crossing
+                                         another) on textured tissue; labels 0-7
 cell        Dataset903_SynthCell         RGB 96x96 png in three microscopy styles;
                                          touching cells; labels 0 background,
                                          1 interior, 2 boundary; instance masks in
@@ -101,15 +101,16 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 # the instrument; a dark shadow rim around each instrument (background) keeps the blend of
 # an instrument's edge with the tissue from looking like another class's hue.
 _INSTRUMENT_STYLE = {
-    1: ((30, 50, 200), (70, 95, 235), 5.0),      # bipolar forceps: blue, two-prong fork
-    2: ((60, 210, 240), (30, 160, 190), 5.0),    # prograsp forceps: cyan, diverging jaws
-    3: ((40, 170, 70), (30, 130, 50), 5.5),      # large needle driver: green, striped block jaw
-    4: ((240, 225, 40), (250, 240, 130), 6.0),   # vessel sealer: yellow, long flat jaw
-    5: ((150, 50, 220), (180, 100, 240), 4.5),   # grasping retractor: purple, ring-shaped head
-    6: ((160, 235, 40), (120, 190, 30), 5.0),    # monopolar curved scissors: lime, curved blade
-    7: ((240, 240, 240), (250, 250, 250), 9.0),  # ultrasound probe: wide, white, rounded cap
+    1: ((30, 60, 250), (80, 110, 250), 5.0),     # bipolar forceps: blue, two-prong fork
+    2: ((30, 230, 240), (20, 180, 190), 5.0),    # prograsp forceps: cyan, diverging jaws
+    3: ((40, 210, 50), (30, 160, 40), 5.5),      # large needle driver: green, striped block jaw
+    4: ((245, 235, 30), (250, 245, 120), 6.0),   # vessel sealer: yellow, long flat jaw
+    5: ((235, 40, 230), (245, 110, 240), 4.5),   # grasping retractor: magenta, ring-shaped head
+    6: ((255, 150, 0), (230, 120, 0), 5.0),      # monopolar curved scissors: orange, curved blade
+    7: ((245, 245, 245), (250, 250, 250), 9.0),  # ultrasound probe: wide, white, rounded cap
 }
 _SHADOW = 0.3  # tissue brightness under an instrument's rim
+_PLACEMENT_TRIES = 20  # draws of an instrument's position before the frame goes without it
 
 
 def _instrument(cls: int, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray):
@@ -172,11 +173,16 @@ def _instrument(cls: int, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarr
     return mask, rgb
 
 
-def endoscopy_case(rng: np.random.Generator, shape: tuple[int, int] = (96, 128)):
-    """One synthetic endoscopy frame: ``(image (3, H, W) uint8, label (H, W) uint8)``."""
+def endoscopy_case(rng: np.random.Generator, shape: tuple[int, int] = (96, 128), first: int | None = None):
+    """One synthetic endoscopy frame: ``(image (3, H, W) uint8, label (H, W) uint8)``.
+
+    ``first``: the class of the first instrument (the others are drawn); the writer cycles it
+    through 1-7 over the cases, so every class is in any seven consecutive frames.
+    """
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    # tissue: reddish, low-frequency texture, vessels, vignetting, specular spots
+    # tissue: reddish, low-frequency texture, vessels, vignetting (no specular spots: white
+    # is the ultrasound probe's colour)
     base = np.array([185.0, 75.0, 65.0]) * rng.uniform(0.85, 1.1, size=3)
     light = 1.0 + 0.14 * _smooth(rng, shape, 10) + 0.06 * _smooth(rng, shape, 2.5)
     vessels = np.abs(_smooth(rng, shape, 4)) < 0.08
@@ -184,18 +190,24 @@ def endoscopy_case(rng: np.random.Generator, shape: tuple[int, int] = (96, 128))
     rgb[vessels] *= (0.7, 0.55, 0.6)
     r2 = ((yy - h / 2) / (0.75 * h)) ** 2 + ((xx - w / 2) / (0.75 * w)) ** 2
     rgb *= np.clip(1.15 - 0.55 * r2, 0.3, 1.1)[..., None]
-    for _ in range(rng.integers(1, 4)):
-        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-        spot = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rng.uniform(0.8, 2.0) ** 2))
-        rgb = rgb + 200 * spot[..., None]
     label = np.zeros(shape, np.uint8)
     n_tools = int(rng.choice([1, 2, 3], p=[0.3, 0.5, 0.2]))
-    for cls in rng.choice(np.arange(1, 8), size=n_tools, replace=False):
-        mask, tool_rgb = _instrument(int(cls), rng, yy, xx)
-        rim = ndimage.binary_dilation(mask, iterations=2) & ~mask
-        rgb[rim] *= _SHADOW
+    taken = np.zeros(shape, bool)  # instruments and their rims: a new one must not cross them
+    classes = list(rng.choice(np.arange(1, 8), size=n_tools, replace=False))
+    if first is not None:
+        classes = [first] + [c for c in classes if c != first][: n_tools - 1]
+    for cls in classes:
+        for _ in range(_PLACEMENT_TRIES):
+            mask, tool_rgb = _instrument(int(cls), rng, yy, xx)
+            outline = ndimage.binary_dilation(mask, iterations=2)
+            if not (outline & taken).any():
+                break
+        else:
+            continue  # no free place: the frame shows fewer instruments
+        rgb[outline & ~mask] *= _SHADOW
         rgb[mask] = tool_rgb[mask]
         label[mask] = cls
+        taken |= outline
     rgb = ndimage.gaussian_filter(rgb, sigma=(0.6, 0.6, 0))
     rgb = rgb + rng.normal(0, 4.0, rgb.shape)
     return np.moveaxis(_to_uint8(rgb), -1, 0), label
@@ -430,7 +442,7 @@ def _write_2d(key, folder, seed, n_train, n_test, make_case):
             (folder / sub).mkdir()
         for i in range(start, start + count):
             case = f"{key}_{i:04d}"
-            out = make_case(_rng(seed, key, i))
+            out = make_case(_rng(seed, key, i), i)
             save_png(folder / f"images{subset}" / f"{case}_0000.png", out[0])
             save_png(folder / f"labels{subset}" / f"{case}.png", out[1])
             if instances:
@@ -439,11 +451,11 @@ def _write_2d(key, folder, seed, n_train, n_test, make_case):
 
 
 def _write_endoscopy(folder, seed, n_train, n_test):
-    return _write_2d("endoscopy", folder, seed, n_train, n_test, endoscopy_case)
+    return _write_2d("endoscopy", folder, seed, n_train, n_test, lambda rng, i: endoscopy_case(rng, first=i % 7 + 1))
 
 
 def _write_cell(folder, seed, n_train, n_test):
-    return _write_2d("cell", folder, seed, n_train, n_test, cell_case)
+    return _write_2d("cell", folder, seed, n_train, n_test, lambda rng, i: cell_case(rng))
 
 
 def _write_brats(folder, seed, n_train, n_test):

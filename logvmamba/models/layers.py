@@ -1,8 +1,7 @@
 """Convolutional building blocks shared by the U-Mamba family networks (2D and 3D).
 
-Layers are looked up by kind and dimension through MONAI's factories
-(``Conv[Conv.CONV, spatial_dims]``), per-axis arguments are padded with
-``monai.utils.ensure_tuple_rep``.
+Layers are looked up by kind and dimension (``Conv[Conv.CONV, spatial_dims]``, see
+:mod:`logvmamba.models.factories`); per-axis arguments are padded with ``ensure_tuple_rep``.
 """
 
 from __future__ import annotations
@@ -11,10 +10,9 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-from monai.networks.layers.factories import Conv, Norm
-from monai.utils import ensure_tuple_rep
+from logvmamba.models.factories import Conv, Norm, ensure_tuple_rep
 
-__all__ = ["BasicResBlock", "per_axis"]
+__all__ = ["BasicResBlock", "DropPath", "per_axis"]
 
 
 def per_axis(value: int | Sequence[int], spatial_dims: int, name: str) -> tuple[int, ...]:
@@ -36,6 +34,31 @@ def per_axis(value: int | Sequence[int], spatial_dims: int, name: str) -> tuple[
     if len(out) != spatial_dims or min(out) < 1:
         raise ValueError(f"{name} {value!r} must be a positive int or {spatial_dims} of them")
     return out
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: in training, zero a sample's residual branch with probability ``drop_prob``
+    and scale the kept ones by ``1 / (1 - drop_prob)``; the identity in eval mode.
+
+    The same computation and random draws as ``timm.layers.DropPath`` (timm's import brings
+    torchvision and costs a second per process).
+    """
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        if keep > 0.0:
+            mask.div_(keep)
+        return x * mask
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={round(self.drop_prob, 3):0.3f}"
 
 
 class BasicResBlock(nn.Module):

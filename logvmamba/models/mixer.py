@@ -27,10 +27,9 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.layers.factories import Conv
-from timm.layers import DropPath
 
-from logvmamba.models.layers import per_axis
+from logvmamba.models.factories import Conv
+from logvmamba.models.layers import DropPath, per_axis
 from logvmamba.models.weights import init_dt_proj, s4d_real_A_log
 from logvmamba.ops import selective_scan, validate_backend
 

@@ -14,8 +14,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.layers.factories import Conv, Pool
 
+from logvmamba.models.factories import Conv, Pool
 from logvmamba.models.layers import BasicResBlock, per_axis
 from logvmamba.models.mixer import CONTROL_MIXER, MIXERS, PLACEMENTS, VSSBlock, build_mixer
 from logvmamba.models.weights import init_weights
