@@ -214,3 +214,16 @@ def test_vision_mamba_baselines_match_the_published_table():
         assert abs(by[(dataset, "umamba_enc")]["gflops_rel"]) < 0.04
     fig5 = {r["dataset"]: r for r in fidelity_rows("logvmamba-paper-fig5", models=["umamba_enc"])}
     assert all(abs(r["gflops_rel"]) < 0.03 for r in fig5.values())  # the later release (version=2)
+
+
+def test_both_modes_are_measured_in_one_worker_in_order():
+    from logvmamba.profiling.runtime import run_measurements
+
+    common = dict(model="nnunet_test", spatial_dims=2, in_channels=1, out_channels=2, img_size=[32, 32],
+                  device="cpu", warmup=0, runs=1, threads=1)
+    results = run_measurements([dict(common, mode="train"), dict(common, mode="inference")])
+    assert [r["mode"] for r in results] == ["train", "inference"]
+    assert results[0]["optimizer"] == "sgd" and results[1]["optimizer"] is None
+    assert all(r["latency_s"]["median"] > 0 and r["memory"]["malloc_mmap_threshold"] > 0 for r in results)
+    with pytest.raises(ValueError, match="one thread count"):
+        run_measurements([dict(common, mode="train"), dict(common, mode="inference", threads=2)])

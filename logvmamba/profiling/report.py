@@ -135,7 +135,7 @@ def profile_model(
 
     from logvmamba import create_model
     from logvmamba.profiling.flops import count_model_flops
-    from logvmamba.profiling.runtime import MODES, OPTIMIZERS, run_measurement
+    from logvmamba.profiling.runtime import MODES, OPTIMIZERS, run_measurements
 
     if not (device == "cpu" or re.fullmatch(r"cuda(:\d+)?", device)):
         raise ValueError(f"device {device!r} is not cpu or cuda[:N]")
@@ -185,17 +185,15 @@ def profile_model(
         bar.update()
     del net, params
     if runtime:
-        out["runtime"] = {}
-        for mode in modes:
-            bar.set_postfix_str(mode)
-            log.info("%s on %s: timing %s on %s, %d warm-up and %d timed calls", model, dataset, mode, device,
-                     warmup, runs)
-            job = dict(model=model, spatial_dims=spec["spatial_dims"], in_channels=spec["in_channels"],
-                       out_channels=spec["out_channels"], img_size=spec["img_size"], device=device, mode=mode,
-                       warmup=warmup, runs=runs, threads=threads, optimizer=optimizer, amp=amp,
-                       model_kwargs=model_kwargs)
-            out["runtime"][mode] = run_measurement(job, timeout=timeout)
-            bar.update()
+        bar.set_postfix_str(", ".join(modes))
+        log.info("%s on %s: timing %s on %s, %d warm-up and %d timed calls each", model, dataset, " and ".join(modes),
+                 device, warmup, runs)
+        jobs = [dict(model=model, spatial_dims=spec["spatial_dims"], in_channels=spec["in_channels"],
+                     out_channels=spec["out_channels"], img_size=spec["img_size"], device=device, mode=mode,
+                     warmup=warmup, runs=runs, threads=threads, optimizer=optimizer, amp=amp,
+                     model_kwargs=model_kwargs) for mode in modes]
+        out["runtime"] = dict(zip(modes, run_measurements(jobs, timeout=timeout)))
+        bar.update(len(modes))
     bar.close()
     out["provenance"] = provenance(device, threads)
     return out

@@ -1,10 +1,12 @@
 """Latency and peak memory of a model at batch 1: inference, and one training step.
 
-Each (model, mode) is measured in a fresh subprocess (``python -m
-logvmamba.profiling.runtime --worker SPEC``), so nothing an earlier measurement
-allocated is still held. In the worker: build the model, run ``warmup`` untimed
-calls, one call for the memory figure, then ``runs`` timed calls whose median is the
-latency; the device is synchronised around every timed call.
+A model's modes are measured in one fresh subprocess (``python -m
+logvmamba.profiling.runtime --worker SPECS``), one after the other; each mode builds
+its own model, and everything the previous mode allocated is released (and, above the
+mmap threshold below, returned to the kernel) before it starts, so nothing an earlier
+measurement allocated is still held. For each mode: build the model, run ``warmup``
+untimed calls, one call for the memory figure, then ``runs`` timed calls whose median
+is the latency; the device is synchronised around every timed call.
 
 - ``inference``: ``model.eval()`` under ``torch.inference_mode()``.
 - ``train``: ``model.train()``, forward, a scalar loss (mean square of every output),
@@ -24,6 +26,7 @@ kernel after the warm-up instead of being reused unseen by the measured call.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -35,7 +38,7 @@ from typing import Optional
 
 from logvmamba.measure import peak_during, rss_kib
 
-__all__ = ["MODES", "OPTIMIZERS", "measure", "run_measurement"]
+__all__ = ["MODES", "OPTIMIZERS", "measure", "run_measurement", "run_measurements"]
 
 MODES = ("inference", "train")
 OPTIMIZERS = ("sgd", "adamw")
@@ -155,26 +158,54 @@ def run_measurement(spec: dict, timeout: Optional[float] = None) -> dict:
     Raises:
         RuntimeError: the worker failed (its stderr tail is in the message).
     """
-    cmd = [sys.executable, "-m", "logvmamba.profiling.runtime", "--worker", json.dumps(spec)]
-    threads = str(spec["threads"])
+    return run_measurements([spec], timeout)[0]
+
+
+def run_measurements(specs: list[dict], timeout: Optional[float] = None) -> list[dict]:
+    """Runs :func:`measure` with each of ``specs``, in order, in one fresh Python process.
+
+    Every spec must name the same ``threads`` and ``device``.
+
+    Raises:
+        ValueError: specs that differ in threads or device; RuntimeError: the worker failed
+            (its stderr tail is in the message).
+    """
+    if len({(s["threads"], s["device"]) for s in specs}) != 1:
+        raise ValueError("one worker measures one device with one thread count")
+    cmd = [sys.executable, "-m", "logvmamba.profiling.runtime", "--worker", json.dumps(specs)]
+    threads = str(specs[0]["threads"])
     env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
                MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD))
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise RuntimeError(f"profiling worker ran past {timeout} s for {spec}") from None
+        raise RuntimeError(f"profiling worker ran past {timeout} s for {specs}") from None
     if res.returncode != 0:
-        raise RuntimeError(f"profiling worker failed for {spec}:\n{res.stderr[-3000:]}")
-    result = json.loads(res.stdout.strip().splitlines()[-1])
-    result["memory"]["malloc_mmap_threshold"] = None if spec["device"].startswith("cuda") else MMAP_THRESHOLD
-    return result
+        raise RuntimeError(f"profiling worker failed for {specs}:\n{res.stderr[-3000:]}")
+    results = json.loads(res.stdout.strip().splitlines()[-1])
+    for result, spec in zip(results, specs):
+        result["memory"]["malloc_mmap_threshold"] = None if spec["device"].startswith("cuda") else MMAP_THRESHOLD
+    return results
+
+
+def _measure_all(specs: list[dict]) -> list[dict]:
+    results = []
+    for spec in specs:
+        results.append(measure(**spec))
+        gc.collect()  # the model, its optimizer and their buffers go before the next mode is measured
+        if spec["device"].startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+    return results
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m logvmamba.profiling.runtime", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--worker", required=True, help="JSON keyword arguments of measure()")
+    parser.add_argument("--worker", required=True, help="JSON list of keyword arguments of measure(), run in order")
     args = parser.parse_args(argv)
-    print(json.dumps(measure(**json.loads(args.worker))))
+    print(json.dumps(_measure_all(json.loads(args.worker))))
 
 
 if __name__ == "__main__":
