@@ -3,7 +3,7 @@
 import pytest
 
 import logvmamba
-from logvmamba.config import ROOT, ConfigError, check_models, load_config, model_arch, model_spec, run_grid
+from logvmamba.config import ROOT, ConfigError, check_models, dataset_recipe, load_config, model_arch, model_spec, run_grid
 
 REGISTERED = ["logvmamba_swin_umamba", "logvmamba_swin_umamba_test", "logvmamba_umamba_enc",
               "logvmamba_umamba_enc_test", "logvmamba", "logvmamba_test", "nnunet", "nnunet_test", "my_unet"]
@@ -48,3 +48,16 @@ def test_the_default_and_paper_configs_pass():
         for dataset, model, *_ in run_grid(config):
             arch, _ = model_spec(config, model, dataset)
             assert arch.endswith("_test") == (config["model_variant"] == "test"), (name, model, arch)
+
+
+def test_the_default_config_gives_every_model_of_a_dataset_the_same_run():
+    """The demo compares models at one budget: run length, batch, validation and inference per dataset."""
+    config = load_config(ROOT / "config" / "config.yaml")
+    keys = ("epochs", "iterations", "batch_size", "val_every", "val_cases", "tta", "overlap", "patch_size")
+    runs = {}
+    for dataset, model, *_ in run_grid(config):
+        recipe = dataset_recipe(config, model, dataset)
+        runs.setdefault(dataset, {})[model] = tuple(str(recipe[k]) for k in keys)
+    assert set(runs) == {"endoscopy", "cell", "brats", "acdc"} and len(runs["endoscopy"]) == 9
+    for dataset, by_model in runs.items():
+        assert len(set(by_model.values())) == 1, (dataset, by_model)
