@@ -43,7 +43,7 @@ Loading (:mod:`logvmamba.data.loading`, imports MONAI on first use)
     ``(B, C, *patch)``, ``label`` (``(B, 1, *patch)`` int64 classes, or
     ``(B, R, *patch)`` float regions for BraTS), ``case_id``;
     ``load_case(dataset, case_id, subset=None) -> LoadedCase`` (``image``
-    normalised by the validation transforms, ``label``, ``regions``,
+    normalised as training normalises, without MONAI, ``label``, ``regions``,
     ``spacing``, ``affine``, ``header``, ``instances``).
 Writing datasets
     ``synthetic.generate(key, dest_root, seed=0, num_cases=None)`` and
