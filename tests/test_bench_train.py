@@ -14,6 +14,7 @@ def test_measure_run_splits_an_iteration(synth_root):
     parts = row["load"] + row["fwd_bwd"] + row["optimizer"]
     assert math.isclose(row["iteration"], parts) and math.isclose(row["load_share"], row["load"] / parts)
     assert all(row[k] > 0 for k in ("load", "load_uncached", "fwd_bwd", "optimizer", "val_window", "val_score"))
-    assert row["patch"] == "64x96" and row["batch"] == config["training"]["batch_size"]
+    run = {**config["training"], **config.get("dataset_training", {}).get("endoscopy", {})}  # the dataset's run
+    assert row["patch"] == "64x96" and row["batch"] == run["batch_size"]
     val = split_case_ids(ds, "val", 0)
-    assert row["val_cases"] == min(config["training"]["val_cases"], len(val))
+    assert row["val_cases"] == min(run["val_cases"] or len(val), len(val))  # 0: all

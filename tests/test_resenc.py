@@ -169,7 +169,7 @@ def test_an_unknown_planner_raises():
                                          ("nnunet_resenc_l", "nnU-Net ResEnc L")])
 def test_recipes_resolve_and_build(model, label, dataset, variant):
     config = load_config(ROOT / "config" / "config.yaml")
-    config.update(model_variant=variant)
+    config.update(model_variant=variant, overrides={})  # the recipes themselves, without the demo's short-run rates
     arch, kwargs = model_spec(config, model, dataset)
     assert arch == (f"{model}_test" if variant == "test" else model) and kwargs == {}
     recipe = dataset_recipe(config, model, dataset)
