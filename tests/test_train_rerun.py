@@ -33,6 +33,7 @@ def _write_config(workdir: Path, **changes) -> None:
                   data_root=str(workdir / "data"), ablations={"datasets": ["endoscopy"], "mixers": [], "placements": []})
     config["training"].update(epochs=2, iterations=2, val_every=1, val_cases=1)
     config["dataset_training"] = {}
+    config["overrides"] = {m: v for m, v in config["overrides"].items() if m in config["models"]}  # trained models only
     for key, value in changes.items():
         config["training"][key] = value
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
