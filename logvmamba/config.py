@@ -129,16 +129,27 @@ def model_arch(config: Mapping, model: str, spatial_dims: int) -> str | None:
     if arch is None:
         return None
     if config["model_variant"] == "test":
-        from logvmamba import list_models
-
-        return _test_variant(model, arch, list_models())
+        return _test_variant(model, arch)
     return arch
 
 
-def _test_variant(model: str, arch: str, known) -> str:
-    """``<arch>_test``; a :class:`ConfigError` saying how to fix it where none is registered."""
+def _registered(name: str) -> bool:
+    """Whether a module registers ``name``; imports only the module that does (a training job
+    resolving its recipe would otherwise import every model file, and with some MONAI)."""
+    from logvmamba.registry import UnknownModelError, model_dims
+
+    try:
+        model_dims(name)
+    except UnknownModelError:
+        return False
+    return True
+
+
+def _test_variant(model: str, arch: str, known=None) -> str:
+    """``<arch>_test``; a :class:`ConfigError` saying how to fix it where none is registered
+    (``known``: the registered names; default: ask the registry about this one)."""
     name = f"{arch}_test"
-    if name not in known:
+    if not (_registered(name) if known is None else name in known):
         # Running the paper-size network silently would make a "quick" run take hours.
         raise ConfigError(
             f"models: {model!r} runs the architecture {arch!r}, which has no {name!r} variant for "

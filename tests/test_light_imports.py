@@ -45,6 +45,30 @@ def test_the_predict_and_profile_modules_import_no_monai():
     assert "monai" not in loaded and "timm" not in loaded
 
 
+def test_training_imports_neither_monai_nor_torchvision_nor_timm(synth_root, tmp_path):
+    # a training job: the trainer on the 2D stand-in (rotation, zoom, flips, intensity; a
+    # validation pass), a 3D region dataset's loader (foreground box, padding, crops), the
+    # cached loader of the random-crop path, and a validation loader
+    endoscopy = synth_root / "Dataset904_SynthEndoscopy"
+    loaded = _modules_after(
+        "from pathlib import Path\n"
+        "from logvmamba.config import load_config, resolve_recipe\n"
+        "from logvmamba.data import RawDataset, make_loader\n"
+        "from logvmamba.train import TrainLoader, train\n"
+        f"ds = RawDataset({str(endoscopy)!r})\n"
+        f"recipe = resolve_recipe(load_config({str(ROOT / 'config/config.yaml')!r}), 'logvmamba', ds)\n"
+        "recipe.update(epochs=1, iterations=2, batch_size=2, val_every=1, val_cases=1)\n"
+        f"train(recipe, ds.path, Path({str(tmp_path / 'run')!r}), seed=0, progress=False)\n"
+        f"brats = RawDataset({str(synth_root / 'Dataset982_SynthBraTS')!r})\n"
+        "batch = next(iter(make_loader(brats, 'train', batch_size=2, seed=1)))\n"
+        "assert batch['label'].shape[1] == 3\n"
+        "cached = TrainLoader(brats, dict(recipe, patch_size=brats.info.synthetic_patch_size, cache=True))\n"
+        "assert len(list(cached.epoch(seed=2, samples=2))) == 1\n"
+        "assert next(iter(make_loader(ds, 'val')))['image'].shape[0] == 1")
+    assert (tmp_path / "run/checkpoint_last.pt").exists()
+    assert not {"monai", "torchvision", "timm"} & loaded, sorted({"monai", "torchvision", "timm"} & loaded)
+
+
 def test_a_model_of_another_module_is_still_found():
     # models whose module uses MONAI's networks build as before, importing it on demand
     loaded = _modules_after("from logvmamba import create_model\n"

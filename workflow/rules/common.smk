@@ -1,3 +1,4 @@
+import math
 import os
 from pathlib import Path
 
@@ -61,6 +62,14 @@ def config_files():
 def train_recipe(wildcards):
     """The weight-deciding recipe of a run: Snakemake's params trigger retrains when it changes."""
     return weight_recipe(dataset_recipe(config, wildcards.model, wildcards.dataset))
+
+
+def train_priority(wildcards):
+    """Between 50 and 51, higher for runs that draw more patch voxels: on a few cores the long
+    trainings start first and the short jobs (prediction, scoring, profiling) fill the end."""
+    recipe = dataset_recipe(config, wildcards.model, wildcards.dataset)
+    work = recipe["epochs"] * recipe["iterations"] * recipe["batch_size"] * math.prod(recipe["patch_size"])
+    return 50 + work / (work + 1e8)
 
 
 def predict_settings(wildcards):

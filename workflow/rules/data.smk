@@ -1,4 +1,5 @@
 rule prepare_data:
+    priority: 100  # every training waits for the data
     output:
         marker="resources/prepared/{dataset}.json",
     log:
@@ -20,6 +21,7 @@ rule prepare_data:
 rule split:
     input:
         marker=rules.prepare_data.output.marker,
+    priority: 100
     output:
         splits="results/{dataset}/splits_final.json",
     log:

@@ -12,6 +12,7 @@ rule summarize_models:
 
 
 rule profile:
+    priority: 10  # independent of the runs: these fill the end, after the trainings (train_priority)
     output:
         json="results/{dataset}/{model}/profile_{device}.json",
     log:

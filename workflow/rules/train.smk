@@ -2,6 +2,7 @@ rule train:
     input:
         marker=rules.prepare_data.output.marker,
         splits=rules.split.output.splits,
+    priority: train_priority
     output:
         checkpoint="results/{dataset}/{model}/fold{fold}/seed{seed}/checkpoint_best.pt",
         log_csv="results/{dataset}/{model}/fold{fold}/seed{seed}/log.csv",
@@ -25,6 +26,7 @@ rule predict:
     input:
         marker=rules.prepare_data.output.marker,
         checkpoint=rules.train.output.checkpoint,
+    priority: 45
     output:
         predictions=directory("results/{dataset}/{model}/fold{fold}/seed{seed}/predictions"),
     log:
@@ -47,6 +49,7 @@ rule evaluate:
     input:
         marker=rules.prepare_data.output.marker,
         predictions=rules.predict.output.predictions,
+    priority: 45
     output:
         summary="results/{dataset}/{model}/fold{fold}/seed{seed}/summary.json",
         per_case="results/{dataset}/{model}/fold{fold}/seed{seed}/per_case.csv",
