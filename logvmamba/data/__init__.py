@@ -36,7 +36,7 @@ Splits (:mod:`logvmamba.data.splits`)
     (``splits_final.json``, generated when absent);
     ``split_case_ids(dataset, split, fold) -> list[str]``;
     ``make_splits(case_ids, protocol, seed)``.
-Loading (:mod:`logvmamba.data.loading`, imports MONAI on first use)
+Loading (:mod:`logvmamba.data.loading`, imports torch on first use)
     ``make_loader(dataset, split="train", fold=0, patch_size=None,
     batch_size=2, seed=0, num_workers=0, augment=None,
     samples_per_epoch=None, ...) -> DataLoader`` of dicts ``image``
@@ -105,7 +105,7 @@ _LAZY = {"make_loader", "load_case", "LoadedCase"}
 
 
 def __getattr__(name: str):
-    # the loaders import torch (and the training loader MONAI); keep `import logvmamba.data` light for converters
+    # the loaders import torch; keep `import logvmamba.data` light for converters
     if name in _LAZY:
         module = "logvmamba.data.loading" if name == "make_loader" else "logvmamba.data.cases"
         return getattr(importlib.import_module(module), name)

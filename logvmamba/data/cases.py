@@ -1,7 +1,7 @@
 """One case read and normalised for inference and evaluation, without MONAI.
 
 :func:`load_case` gives the image as training sees it (the same normalisation
-functions, which :mod:`logvmamba.data.loading` wraps as MONAI transforms for its
+functions, which :mod:`logvmamba.data.loading` wraps as transforms for its
 pipelines), the stored label and, for region datasets, the region masks. Prediction
 jobs read cases only through here, so they never import MONAI (whose package import
 loads all its submodules: seconds per job).
