@@ -282,15 +282,22 @@ def test_each_random_transform_applies_at_its_rate(make, prob, keys):
     assert abs(_applied(make().set_random_state(seed=1), DRAWS, keys) - prob) < 0.03
 
 
-def test_rotation_and_zoom_apply_at_their_rate(monkeypatch):
-    # counted by the calls (a zoom by 1 to 1 + 1/size leaves the image as it was)
+def _rotations_and_zooms(monkeypatch, seeds, draws):
+    """The angles and zoom factors (one entry per key) of ``draws`` draws of the recipe's 2D
+    rotation and zoom, seeded with ``seeds``."""
     angles, factors = _recorded(monkeypatch, "rotate"), _recorded(monkeypatch, "zoom")
     data = _data()
-    rotation = RandRotated(BOTH, range_x=math.pi, prob=0.2, mode=("bilinear", "nearest")).set_random_state(seed=1)
+    rotation = RandRotated(BOTH, range_x=math.pi, prob=0.2, mode=("bilinear", "nearest")).set_random_state(seed=seeds[0])
     scaling = RandZoomd(BOTH, prob=0.2, min_zoom=0.7, max_zoom=1.4, mode=("bilinear", "nearest"))
-    scaling.set_random_state(seed=1)
-    for _ in range(DRAWS):
+    scaling.set_random_state(seed=seeds[1])
+    for _ in range(draws):
         rotation(data), scaling(data)
+    return angles, factors
+
+
+def test_rotation_and_zoom_apply_at_their_rate(monkeypatch):
+    # counted by the calls (a zoom by 1 to 1 + 1/size leaves the image as it was)
+    angles, factors = _rotations_and_zooms(monkeypatch, (1, 1), DRAWS)
     assert abs(len(angles) / 2 / DRAWS - 0.2) < 0.03 and abs(len(factors) / 2 / DRAWS - 0.2) < 0.03
 
 
@@ -313,13 +320,7 @@ def _uniform(values, low, high):
 
 
 def test_angles_and_zoom_factors_are_uniform_over_their_range(monkeypatch):
-    angles, factors = _recorded(monkeypatch, "rotate"), _recorded(monkeypatch, "zoom")
-    data = _data()
-    rotation = RandRotated(BOTH, range_x=math.pi, prob=0.2, mode=("bilinear", "nearest")).set_random_state(seed=2)
-    scaling = RandZoomd(BOTH, prob=0.2, min_zoom=0.7, max_zoom=1.4, mode=("bilinear", "nearest"))
-    scaling.set_random_state(seed=3)
-    for _ in range(5000):
-        rotation(data), scaling(data)
+    angles, factors = _rotations_and_zooms(monkeypatch, (2, 3), 5000)
     # one draw per call, used for both keys
     assert angles[::2] == angles[1::2] and factors[::2] == factors[1::2]
     _uniform(angles[::2], -math.pi, math.pi)
