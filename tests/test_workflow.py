@@ -154,3 +154,31 @@ def test_the_readme_baseline_trains_through_the_registry(dataset, tmp_path, monk
     recipe = resolve_recipe(load_config(ROOT / "config/config.yaml"), "my_unet", ds)
     recipe.update(epochs=1, iterations=2, batch_size=1, val_cases=1, deep_supervision=False, model_kwargs={})
     assert train(recipe, ds.path, tmp_path / "run", progress=False)["epochs"] == 1
+
+
+def test_jobs_start_data_first_long_trainings_next_profiles_last(tmp_path):
+    code, out = _snakemake("-n", "all_tables", "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"))
+    assert code == 0, out[-3000:]
+    priority = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
+        rule = re.match(r"(?:local)?rule (\w+):", block)
+        wildcards = re.search(r"wildcards: (.*)", block)
+        value = re.search(r"priority: ([\d.]+)", block)
+        if rule and value:
+            priority[(rule.group(1), wildcards.group(1) if wildcards else "")] = float(value.group(1))
+    by_rule = {}
+    for (rule, _), value in priority.items():
+        by_rule.setdefault(rule, set()).add(value)
+    assert by_rule["prepare_data"] == by_rule["split"] == {100.0}
+    assert by_rule["predict"] == by_rule["evaluate"] == {45.0} and by_rule["profile"] == {10.0}
+
+    # train: 50 + w / (w + 1e8), w = epochs x iterations x batch x patch voxels of the default config
+    def expected(w):
+        return 50 + w / (w + 1e8)
+
+    train = {wc.split(",")[0].split("=")[1]: v for (rule, wc), v in priority.items() if rule == "train"}
+    assert train["acdc"] == pytest.approx(expected(10 * 12 * 2 * 64 * 64 * 16))
+    assert train["endoscopy"] == pytest.approx(expected(25 * 20 * 4 * 64 * 96))
+    assert train["cell"] == pytest.approx(expected(25 * 20 * 2 * 64 * 64))
+    assert train["brats"] == pytest.approx(expected(5 * 12 * 2 * 32 * 32 * 32))
+    assert train["acdc"] > train["endoscopy"] > train["cell"] > train["brats"]
